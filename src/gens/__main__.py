@@ -1,0 +1,5 @@
+import sys
+
+from gens.cli import main
+
+sys.exit(main())
