@@ -94,9 +94,9 @@ def _imsave(path, grid: np.ndarray) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if grid.shape[2] == 1:  # grey as RGB: no colormap lookup, so values round to the nearest 8-bit level
+    if grid.shape[2] == 1:  # grey as RGB: no colormap lookup, rounded to the nearest 8-bit level
         grid = np.repeat(grid, 3, axis=2)
-    mpimg.imsave(path, grid, format="png")
+    mpimg.imsave(path, np.round(grid * 255).astype(np.uint8), format="png")
     return path
 
 
