@@ -1,0 +1,67 @@
+"""KDE estimates of the Jensen-Shannon divergence between the encoded distribution and the target.
+
+p_e is the KDE of a bank of latents (``gens.kde``), p_t an analytic target (``gens.targets``).
+Everything is in the log domain: log(p_e + p_t) = logaddexp(log p_e, log p_t).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gens._validation import check_choice, check_float, check_matrix
+from gens.kde import kde_log_density
+
+__all__ = ["JSD_FORMS", "jsd_estimate", "gen_jsd_term"]
+
+JSD_FORMS = ("literal", "nonsaturating", "kl")
+
+
+def _log_densities(z, bank, target, h):
+    """(log p_e(z), log p_t(z)), both (n,)."""
+    if target.dim != bank.shape[1]:
+        raise ValueError(f"target: must have dim {bank.shape[1]} (the bank's columns), got dim {target.dim}")
+    return kde_log_density(z, bank, h), target.log_prob(z)
+
+
+def jsd_estimate(bank: torch.Tensor, z_e: torch.Tensor, z_t: torch.Tensor, target, h: float) -> torch.Tensor:
+    """Paper eq. 2 (up to constants): the JSD between the KDE of ``bank`` and ``target``.
+
+    J = mean_{z_e} log[p_e / (p_e + p_t)] + mean_{z_t} log[p_t / (p_e + p_t)],
+    bank: (m, l) defines p_e; z_e: (n1, l) drawn from p_e (independent of the bank); z_t: (n2, l)
+    drawn from p_t. Returns a 0-d tensor. J + 2 log 2 is the JSD (in nats, in [0, 2 log 2]).
+    """
+    check_matrix("bank", bank)
+    check_matrix("z_e", z_e, columns=bank.shape[1])
+    check_matrix("z_t", z_t, columns=bank.shape[1])
+    le, lt = _log_densities(z_e, bank, target, h)
+    first = (le - torch.logaddexp(le, lt)).mean()
+    le, lt = _log_densities(z_t, bank, target, h)
+    second = (lt - torch.logaddexp(le, lt)).mean()
+    return first + second
+
+
+def gen_jsd_term(z: torch.Tensor, bank: torch.Tensor, target, h: float, form: str = "nonsaturating",
+                 eps: float = 1e-3) -> torch.Tensor:
+    """The JSD regulariser of the GEN loss (paper eq. 3) for a minibatch of latents.
+
+    z: (n, l) minibatch latents (gradients flow to them); bank: (m, l), detached here so it never
+    gets a gradient. Returns a 0-d tensor to minimise. ``form``:
+      "literal":       mean log[p_e / (p_e + p_t)]   (the paper; unbounded below, unstable)
+      "nonsaturating": mean -log[p_t / (p_e + p_t)] = mean softplus(log p_e - log p_t)
+                       (same stationary point p_e = p_t; bounded below by 0)
+      "kl":            mean [log(p_e + eps) - log(p_t + eps)]   (KL(p_e || p_t) with a density floor eps)
+    """
+    form = check_choice("form", form, JSD_FORMS)
+    eps = check_float("eps", eps, minimum=0.0, min_inclusive=False)
+    check_matrix("bank", bank)
+    check_matrix("z", z, columns=bank.shape[1])
+    le, lt = _log_densities(z, bank.detach(), target, h)
+    if form == "literal":
+        return (le - torch.logaddexp(le, lt)).mean()
+    if form == "nonsaturating":
+        return F.softplus(le - lt).mean()
+    log_eps = math.log(eps)
+    return (torch.logaddexp(le, torch.full_like(le, log_eps)) - torch.logaddexp(lt, torch.full_like(lt, log_eps))).mean()
