@@ -1,0 +1,208 @@
+"""GEN: the Generative Encoding Network of Algorithm 1 as a LightningModule.
+
+Per minibatch x (n, *data_shape), with z' = E(x) and a lagged bank Z (m, l) of detached latents:
+
+    loss = recon(x, D(z')) + lam * J(z'),   J = gen_jsd_term(z', Z, p_t, h, form=objective)   (eq. 3)
+
+The JSD term depends on the encoder only (the bank is detached), so one Adam step on ``loss`` is
+exactly Algorithm 1's two updates: the encoder gets recon + lam * J, the decoder recon alone.
+
+- ``objective``: ``"literal"`` (eq. 3: log[p_e / (p_e + p_t)], unbounded below: a latent beyond the
+  bank's reach is pushed further out), ``"nonsaturating"`` (-log[p_t / (p_e + p_t)], same stationary
+  point, bounded pull back; the default), ``"kl"`` (log(p_e + eps) - log(p_t + eps)). See
+  ``gens.divergence.gen_jsd_term``.
+- ``lam`` weighs J against the per-pixel mean squared error, so its meaning does not depend on the
+  image size (the paper's lambda multiplies a per-image sum).
+- The bank (``gens.bank.LatentBank``): ``"refresh"`` (the paper) re-encodes m training samples without
+  gradients every ``refresh_every`` (kb) minibatches; ``"queue"`` keeps the detached latents of the most
+  recent minibatches (first filled by encoding m samples). m = ``bank_size`` is capped at the number of
+  training samples, with a warning. ``bank_reshuffle=True`` draws a new set of m samples every epoch.
+  Samples come from ``trainer.datamodule.train_tensor()`` or else the train dataloader's dataset.
+- ``bandwidth``: h; None = h_opt(p_t, m) from ``gens.bandwidth.optimal_bandwidth`` (cached), computed
+  when training starts and kept in the ``bandwidth_h`` buffer, so checkpoints carry it.
+  ``bandwidth_correction=True`` uses h / sqrt(1 + h^2) (``gens.bandwidth.corrected_bandwidth``).
+- Generation (Sec. 4): ``latent_distribution()`` is p_t shrunk by the kernel (N(0, (1 - h^2) I) for
+  N(0, I); every mixture component's covariance minus h^2 I); ``sample`` decodes draws from it.
+
+Extra logged values: ``z_abs`` (mean |z'| of the minibatch; a runaway shows here first).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from gens._validation import check_choice, check_float, check_int
+from gens.bank import MODES, LatentBank, world
+from gens.methods.base import BaseAutoencoder, batch_x, make_target
+
+__all__ = ["GENModule", "OBJECTIVES", "DEFAULT_LAM"]
+
+OBJECTIVES = ("nonsaturating", "literal", "kl")
+DEFAULT_LAM = 0.01
+
+
+class GENModule(BaseAutoencoder):
+    """Generative Encoding Network (Algorithm 1). See the module docstring for the arguments."""
+
+    def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,
+                 betas=(0.5, 0.999), target_spec=None, bandwidth=None, bandwidth_correction: bool = False,
+                 lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
+                 bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
+                 eps: float | None = None):
+        super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)
+        self.target = make_target(target_spec, self.latent_dim)
+        self.lam = check_float("lam", lam, minimum=0.0)
+        self.objective = check_choice("objective", objective, OBJECTIVES)
+        self.bank_mode = check_choice("bank_mode", bank_mode, MODES)
+        self.bank_size = check_int("bank_size", bank_size, minimum=2)
+        self.refresh_every = check_int("refresh_every", refresh_every, minimum=1)
+        self.bank_reshuffle = bool(bank_reshuffle)
+        self.bandwidth_correction = bool(bandwidth_correction)
+        self.eps = None if eps is None else check_float("eps", eps, minimum=0.0, min_inclusive=False)
+        h = math.nan
+        if bandwidth is not None:
+            h = check_float("bandwidth", bandwidth, minimum=0.0, min_inclusive=False)
+            _check_h(h, self.bank_size, self.latent_dim)
+        self.register_buffer("bandwidth_h", torch.tensor(h, dtype=torch.float64))
+        self.bank = LatentBank(self.bank_size, self.latent_dim, self.bank_mode)
+        self._bank_x = None  # (m, *data_shape) samples the refresh mode re-encodes (CPU or data device)
+        self._source = None  # (n_train, getter(index) -> tensor)
+        self._batches = 0
+
+    # ---- bandwidth and generation -----------------------------------------------------------------
+    @property
+    def h(self) -> float:
+        """The kernel bandwidth; resolves h_opt(p_t, bank_size) on first use if not yet known."""
+        if not math.isfinite(float(self.bandwidth_h)):
+            self._resolve_bandwidth(self.bank_size)
+        return float(self.bandwidth_h)
+
+    def _resolve_bandwidth(self, m: int) -> None:
+        from gens.bandwidth import corrected_bandwidth, optimal_bandwidth
+
+        h = float(_result_h(optimal_bandwidth(self.target, m)))
+        if self.bandwidth_correction:
+            h = float(corrected_bandwidth(h))
+        _check_h(h, m, self.latent_dim)
+        self.bandwidth_h.fill_(h)
+
+    def latent_distribution(self):
+        """p_t shrunk by the kernel (Sec. 4): the distribution q with q * G_h = p_t."""
+        return self.target.shrink(self.h)
+
+    # ---- the loss ----------------------------------------------------------------------------------
+    def jsd_term(self, z: torch.Tensor) -> torch.Tensor:
+        """lam-free eq. 3 term of minibatch latents z: (n, l) against the bank; 0 while the bank holds < 2 rows."""
+        from gens.divergence import gen_jsd_term
+
+        bank = self.bank.latents()
+        if len(bank) < 2 or not math.isfinite(float(self.bandwidth_h)):
+            return z.sum() * 0.0
+        kw = {} if self.eps is None else {"eps": self.eps}
+        j = gen_jsd_term(z, bank.to(z), self.target, float(self.bandwidth_h), form=self.objective, **kw)
+        return j.mean() if j.ndim else j
+
+    def losses(self, x, training: bool = True):
+        z = self.encode(x)
+        recon = self.recon_loss(x, self.decode(z))
+        reg = self.jsd_term(z)
+        if training and self.bank_mode == "queue":
+            self.bank.push(z)
+        return {"loss": recon + self.lam * reg, "recon": recon.detach(), "reg": reg.detach(),
+                "z_abs": z.detach().abs().mean()}
+
+    # ---- the bank ------------------------------------------------------------------------------------
+    def on_train_start(self):
+        n, _ = self._source = _sample_source(self.trainer)
+        m = self.bank_size
+        if n is not None and n < m:
+            warnings.warn(
+                f"bank_size: {m} is larger than the {n} training samples; using m = {n} "
+                f"(h_opt is computed for m = {n})", stacklevel=2)
+            m = n
+        if n is None and self.bank_mode == "refresh":
+            raise ValueError(
+                "bank_mode: 'refresh' needs random access to the training samples (a GensDataModule or a "
+                "train dataloader whose dataset supports len() and indexing); use bank_mode='queue'")
+        if m != self.bank.size:
+            self.bank = LatentBank(m, self.latent_dim, self.bank_mode)
+        if not math.isfinite(float(self.bandwidth_h)):
+            self._resolve_bandwidth(m)
+        self.bank.to(self.device).clear()
+        self._batches = 0
+        if n is not None:
+            self._draw_bank_samples()
+            self.refresh_bank()
+
+    def on_train_epoch_start(self):
+        if self.bank_reshuffle and self.current_epoch > 0 and self._source[0] is not None:
+            self._draw_bank_samples()
+            if self.bank_mode == "refresh":
+                self.refresh_bank()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.bank_mode == "refresh" and self._batches > 0 and self._batches % self.refresh_every == 0:
+            self.refresh_bank()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self._batches += 1
+
+    def refresh_bank(self) -> torch.Tensor:
+        """Re-encode the bank's m samples with the current encoder (no gradients; shared across DDP ranks)."""
+        return self.bank.refresh(self.encoder, self._bank_x)
+
+    def _draw_bank_samples(self) -> None:
+        """Choose m training samples at random (rank 0 draws, every rank uses the same indices)."""
+        n, get = self._source
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+                             )[: self.bank.size]
+        rank, size = world()
+        if size > 1:
+            import torch.distributed as dist
+
+            idx = idx.to(self.device)
+            dist.broadcast(idx, src=0)
+            idx = idx.cpu()
+        self._bank_x = get(idx)
+
+
+def _sample_source(trainer):
+    """(n_train, getter(index tensor) -> samples) from the datamodule or train dataloader; (None, None) if unavailable."""
+    dm = getattr(trainer, "datamodule", None)
+    if dm is not None and hasattr(dm, "train_tensor"):
+        x = dm.train_tensor()
+        return x.shape[0], lambda idx: x[idx]
+    loader = trainer.train_dataloader
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        return None, None
+    if hasattr(dataset, "tensors"):  # TensorDataset
+        x = dataset.tensors[0]
+        return x.shape[0], lambda idx: x[idx]
+    try:
+        n = len(dataset)
+        dataset[0]
+    except Exception:  # an IterableDataset or a dataset without random access
+        return None, None
+    return n, lambda idx: torch.stack([torch.as_tensor(batch_x(dataset[int(i)])) for i in idx])
+
+
+def _result_h(result) -> float:
+    return getattr(result, "h", result)
+
+
+def _check_h(h: float, m: int, l: int) -> None:
+    """Warn (BandwidthWarning) when h >= 1: the shrunk target N(0, (1 - h^2) I) does not exist."""
+    if h >= 1.0:
+        try:
+            from gens.bandwidth import BandwidthWarning
+        except ImportError:  # pragma: no cover - defined by gens.bandwidth
+            BandwidthWarning = UserWarning
+        warnings.warn(
+            f"bandwidth: h = {h:.3g} >= 1 for l = {l}, m = {m}: the kernel is as wide as the target, so the "
+            "shrunk target of Sec. 4 does not exist and the JSD term cannot resolve the latent distribution. "
+            "Use a larger bank_size, a smaller latent_dim, or bandwidth_correction=True.",
+            BandwidthWarning, stacklevel=3)

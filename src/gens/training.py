@@ -1,0 +1,88 @@
+"""A thin programmatic trainer: ``train(method, data, ...) -> (module, trainer)``.
+
+    module, trainer = train("gen", "mnist:/data/mnist", latent_dim=8, max_epochs=12)
+    module, trainer = train("aae", X, latent_dim=8, trainer_kwargs={"devices": 2, "strategy": "ddp"})
+
+- ``data``: a source string or an array / tensor / (X, y) tuple for ``gens.data.GensDataModule``, or a
+  ready ``LightningDataModule``.
+- ``trainer_kwargs`` go to ``lightning.Trainer`` (accelerator "auto" by default; ``devices``,
+  ``num_nodes``, ``strategy``, ``logger``, ``callbacks``... pass through). Seeding:
+  ``lightning.seed_everything(seed, workers=True)`` before the module is built.
+- ``module_kwargs`` go to the method's module (``gens.methods.METHODS[method]``), e.g. ``lam``,
+  ``objective``, ``bank_mode``, ``bank_size``, ``hidden``, ``arch``, ``target_spec``.
+- ``DivergenceGuard`` (always added) stops training with ``TrainingDiverged`` when a training loss is
+  NaN or infinite, with advice on what to change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from gens._validation import check_int
+
+__all__ = ["train", "encode_all", "DivergenceGuard", "TrainingDiverged", "DEFAULT_EPOCHS"]
+
+DEFAULT_EPOCHS = 12
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class DivergenceGuard(L.Callback):
+    """Raise ``TrainingDiverged`` as soon as a training step returns a non-finite loss."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"training diverged: the loss is {float(loss)} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}. Lower the learning rate (lr) or the regulariser weight (lam); for a GEN use "
+                "objective='nonsaturating' (the literal eq. 3 term is unbounded below)."
+            )
+
+
+def train(method: str, data, *, latent_dim: int = 8, max_epochs: int = DEFAULT_EPOCHS, batch_size: int = 100,
+          seed: int = 0, trainer_kwargs: dict | None = None, datamodule_kwargs: dict | None = None,
+          **module_kwargs):
+    """Train ``method`` ("gen", "ae", "vae", "aae", "wae") on ``data``; return ``(module, trainer)``."""
+    from gens.data import GensDataModule
+    from gens.methods import build_module
+
+    max_epochs = check_int("max_epochs", max_epochs, minimum=1)
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    L.seed_everything(seed, workers=True, verbose=False)
+    if isinstance(data, L.LightningDataModule):
+        dm = data
+    else:
+        dm = GensDataModule(data, batch_size=batch_size, seed=seed, **(datamodule_kwargs or {}))
+    module = build_module(method, list(_data_shape(dm)), latent_dim, **module_kwargs)
+    kw = dict(max_epochs=max_epochs, accelerator="auto", logger=False, enable_checkpointing=False,
+              enable_model_summary=False)
+    kw.update(trainer_kwargs or {})
+    kw["callbacks"] = [*list(kw.get("callbacks") or []), DivergenceGuard()]
+    trainer = L.Trainer(**kw)
+    trainer.fit(module, datamodule=dm)
+    return module, trainer
+
+
+def _data_shape(dm) -> tuple:
+    """Shape of one sample: ``dm.data_shape`` when the datamodule has it, else from its first train batch."""
+    if hasattr(dm, "data_shape"):
+        return tuple(dm.data_shape)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return tuple(x.shape[1:])
+
+
+def encode_all(module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Encode x: (n, *data_shape) in batches without gradients -> (n, l) on the CPU."""
+    device = next(module.parameters()).device
+    with torch.no_grad():
+        return torch.cat([module.encode(c.to(device)).float().cpu() for c in x.split(batch_size)])
