@@ -1,0 +1,198 @@
+"""``gens novelty``: eq.-10 novelty scores of a trained run, or the one-class MNIST protocol."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+HELP = "novelty scores -log p(x) (eq. 10) of a run's data, or the one-class AUROC protocol (--one-class)"
+DESCRIPTION = (
+    "Score data with the data-space density of eq. 10, log p(x) = log p(z') - 1/2 log det(J^T J) + "
+    "log N(x; x', sigma^2 I), sigma^2 fitted to the run's training residuals. "
+    "`gens novelty RUN [--data SRC]` writes scores.csv (score = -log p(x), higher = more novel, and every "
+    "term) and novelty.png (left: the 100 least novel images, right: the 100 most novel; the paper's Fig. 4) "
+    "into --out (default RUN/novelty). "
+    "`gens novelty --one-class --data mnist:DIR --digits 0-9 --epochs E` trains one model per digit on that "
+    "digit's training images, scores the whole test split and prints the AUROC of the eq.-10 score, the "
+    "reconstruction error and the latent density alone as a markdown table."
+)
+
+_PARTS = ("score", "log_px", "log_pz", "log_det", "log_noise", "recon_error")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("run", nargs="?", metavar="RUN", help="run folder written by `gens train` (not with --one-class)")
+    a("--data", default=None, help="data source to score (default: the run's); with --one-class: a labelled "
+      "source such as mnist:DIR")
+    a("--split", default="test", choices=["train", "val", "test"], help="split of --data to score")
+    a("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint of RUN")
+    a("--out", default=None, help="output folder (default: RUN/novelty; --one-class: print only)")
+    a("--limit", type=int, default=None, help="score only the first N images (--one-class: of each split)")
+    a("--inlier", type=int, default=None, help="label of the inlier class: also print AUROCs (novel = other)")
+    a("--per-pixel", action="store_true", help="per-pixel noise variances instead of eq. 10's sigma^2 I")
+    a("--chunk-size", type=int, default=512, help="images per Jacobian chunk (bounds memory)")
+    a("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    g = p.add_argument_group("one-class protocol")
+    g.add_argument("--one-class", action="store_true", help="run the one-class protocol instead of scoring RUN")
+    g.add_argument("--digits", default="0-9", help="classes, e.g. 0-9 or 1,3,7")
+    g.add_argument("--method", default="gen", choices=["gen", "ae", "vae", "aae", "wae"], help="method to train")
+    g.add_argument("--epochs", type=int, default=12, help="training epochs per class")
+    g.add_argument("--latent-dim", type=int, default=8, help="latent dimension l")
+    g.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default: 1000 1000)")
+    g.add_argument("--lam", type=float, default=None, help="regulariser weight (default: the method's)")
+    g.add_argument("--bandwidth", type=float, default=None, help="GEN: kernel bandwidth (default: h_opt)")
+    g.add_argument("--seed", type=int, default=0, help="training seed")
+
+
+def parse_classes(text: str) -> list[int]:
+    """'0-9' -> [0..9]; '1,3,7' -> [1, 3, 7]; '0-2,7' -> [0, 1, 2, 7]."""
+    out: list[int] = []
+    try:
+        for part in str(text).split(","):
+            lo, sep, hi = part.strip().partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise ValueError(f"digits: must be classes like 0-9 or 1,3,7; got {text!r}") from None
+    if not out or min(out) < 0:
+        raise ValueError(f"digits: must name classes >= 0, like 0-9 or 1,3,7; got {text!r}")
+    return sorted(set(out))
+
+
+def run(args) -> int:
+    if args.one_class:
+        if args.run:
+            raise ValueError("run: --one-class trains its own models; leave RUN out")
+        return _one_class(args)
+    if not args.run:
+        raise ValueError("run: give a run folder (RUN), or --one-class --data SRC")
+    return _score_run(args)
+
+
+def _score_run(args) -> int:
+    import time
+
+    import torch
+
+    from gens.evaluation.novelty import DataSpaceDensity
+    from gens.runs import load_run, run_split
+
+    module, cfg = load_run(args.run, args.checkpoint)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    module = module.to(device).eval()
+    start = time.perf_counter()
+    scorer = DataSpaceDensity(module.encode, module.decode, module.latent_distribution().log_prob,
+                              per_pixel=args.per_pixel, chunk_size=args.chunk_size)
+    x_fit, _ = run_split(cfg, "train")  # sigma^2 from the data the run was trained on
+    scorer.fit(x_fit.to(device))
+    x, y = run_split(cfg, args.split, data=args.data, limit=args.limit)
+    parts = scorer.score_parts(x.to(device))
+    seconds = time.perf_counter() - start
+    out = Path(args.out) if args.out else Path(args.run) / "novelty"
+    out.mkdir(parents=True, exist_ok=True)
+    labels = None if y is None else y.numpy()
+    _write_scores(out / "scores.csv", parts, labels)
+    _write_figure(out / "novelty.png", x.cpu().numpy(), parts["score"], tuple(module.data_shape))
+    print(f"scored {len(x)} images of {args.data or cfg['data']} ({args.split}) in {seconds:.1f} s; "
+          f"sigma^2 = {_sigma2_text(scorer.sigma2_)}")
+    print(f"wrote {out / 'scores.csv'} and {out / 'novelty.png'} (left: 100 least novel, right: 100 most)")
+    if args.inlier is not None:
+        if labels is None:
+            raise ValueError("inlier: the data have no labels")
+        print(_auroc_text(parts, labels, args.inlier))
+    return 0
+
+
+def _one_class(args) -> int:
+    import numpy as np
+
+    from gens.evaluation.novelty import one_class_protocol
+
+    if not args.data:
+        raise ValueError("data: --one-class needs a labelled source, e.g. --data mnist:/path/to/mnist")
+    digits = parse_classes(args.digits)
+    kw = {k: v for k, v in (("hidden", args.hidden), ("lam", args.lam), ("bandwidth", args.bandwidth))
+          if v is not None}
+    out = Path(args.out) if args.out else None
+    rows = []
+    print(f"One-class novelty, {args.method.upper()}, l = {args.latent_dim}, {args.epochs} epochs, {args.data}; "
+          "AUROC (novel = every other class)\n")
+    print("| class | train images | eq. 10 | reconstruction | latent only | train s | score s |")
+    print("|---|---|---|---|---|---|---|")
+    for k in digits:
+        r = one_class_protocol(args.data, k, args.method, args.epochs, latent_dim=args.latent_dim,
+                               train_limit=args.limit, test_limit=args.limit, seed=args.seed,
+                               per_pixel=args.per_pixel, chunk_size=args.chunk_size, device=args.device, **kw)
+        a = r["auroc"]
+        rows.append({"digit": k, "n_train": r["n_train"], **a, "sigma2": r["sigma2"],
+                     "train_seconds": r["train_seconds"], "score_seconds": r["score_seconds"]})
+        print(f"| {k} | {r['n_train']} | {a['eq10']:.4f} | {a['recon']:.4f} | {a['latent']:.4f} | "
+              f"{r['train_seconds']:.0f} | {r['score_seconds']:.1f} |", flush=True)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            x_test = _test_images(args.data, args.limit)
+            _write_scores(out / f"scores_{k}.csv", r["parts"], r["labels"])
+            _write_figure(out / f"novelty_{k}.png", x_test, r["parts"]["score"], x_test.shape[1:])
+    mean = {s: float(np.mean([row[s] for row in rows])) for s in ("eq10", "recon", "latent")}
+    print(f"| mean | | {mean['eq10']:.4f} | {mean['recon']:.4f} | {mean['latent']:.4f} | | |")
+    if out is not None:
+        (out / "one_class.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
+                                                                 if not k.startswith("_")},
+                                                        "rows": rows, "mean": mean}, indent=2))
+        print(f"\nwrote {out}/one_class.json, scores_K.csv and novelty_K.png")
+    return 0
+
+
+def _test_images(source, limit):
+    from gens.data import load_dataset
+
+    return load_dataset(source, "test", limit=limit)[0]
+
+
+def _sigma2_text(s2) -> str:
+    return f"{s2:.5f}" if isinstance(s2, float) else f"per pixel, mean {float(s2.mean()):.5f}"
+
+
+def _auroc_text(parts, labels, inlier: int) -> str:
+    from sklearn.metrics import roc_auc_score
+
+    novel = (labels != inlier).astype(int)
+    if novel.min() == novel.max():
+        raise ValueError(f"inlier: class {inlier} must be present alongside other classes in the scored data")
+    auc = {name: roc_auc_score(novel, s) for name, s in
+           (("eq. 10", parts["score"]), ("reconstruction", parts["recon_error"]), ("latent only", -parts["log_pz"]))}
+    return "AUROC (inlier class %d): " % inlier + ", ".join(f"{k} {v:.4f}" for k, v in auc.items())
+
+
+def _write_scores(path: Path, parts: dict, labels) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "label", *_PARTS])
+        for i in range(len(parts["score"])):
+            w.writerow([i, "" if labels is None else int(labels[i]), *(f"{parts[k][i]:.6g}" for k in _PARTS)])
+
+
+def _write_figure(path: Path, x, score, data_shape, n: int = 100) -> None:
+    """Side by side: the n least novel (left) and n most novel (right) images, each sorted by score."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    from gens.plots import make_grid
+    from gens.runs import as_images, image_scale
+
+    order = np.argsort(score, kind="stable")
+    n = min(n, len(order))
+    least, most = as_images(x[order[:n]], data_shape), as_images(x[order[::-1][:n]], data_shape)
+    if least is None:
+        return  # not images
+    nrow = int(np.ceil(np.sqrt(n)))
+    left, right = make_grid(least, nrow=nrow), make_grid(most, nrow=nrow)
+    gap = np.full((left.shape[0], max(4, left.shape[1] // 20), left.shape[2]), 1.0)
+    grid = np.concatenate([left, gap, right], axis=1)
+    s = image_scale(tuple(data_shape))
+    grid = grid.repeat(s, axis=0).repeat(s, axis=1)
+    if grid.shape[2] == 1:
+        grid = np.repeat(grid, 3, axis=2)
+    mpimg.imsave(path, np.round(grid * 255).astype(np.uint8), format="png")
