@@ -18,6 +18,7 @@ import sys
 # order shown in --help
 COMMANDS = (
     "bandwidth",
+    "train",
     "novelty",
 )
 

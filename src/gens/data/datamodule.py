@@ -133,7 +133,7 @@ class GensDataModule(LightningDataModule):
         """``(X, y)`` of "train", "val" or "test" (test falls back to val without a test split)."""
         if split == "test" and not self._has_test:
             split = "val"
-        if split not in ("train", "val"):
+        if split not in ("train", "val", "test"):
             raise ValueError(f"split: must be one of 'train', 'val', 'test'; got {split!r}")
         return self._get(split)
 

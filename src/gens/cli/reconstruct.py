@@ -1,0 +1,52 @@
+"""``gens reconstruct RUN``: originals and their reconstructions D(E(x))."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "reconstruct data with a trained run (PNG of originals over reconstructions, MSE)"
+DESCRIPTION = (
+    "Encode and decode n images of the run's data (or --data) and write a PNG whose rows alternate "
+    "originals and reconstructions; prints the per-pixel reconstruction MSE over the whole split."
+)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run", metavar="RUN", help="run folder written by `gens train`")
+    p.add_argument("--data", default=None, help="data source (default: the run's)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split")
+    p.add_argument("-n", type=int, default=32, help="number of images shown")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/reconstruct-<split>.png)")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint")
+    p.add_argument("--npy", action="store_true", help="also save all reconstructions of the split as .npy")
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from gens import plots
+    from gens._validation import check_int
+    from gens.runs import as_images, image_scale, load_run, run_split
+
+    n = check_int("n", args.n, minimum=1)
+    module, cfg = load_run(args.run, args.checkpoint)
+    x, _ = run_split(cfg, args.split, data=args.data)
+    shape = tuple(cfg["data_shape"])
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"data: samples of shape {tuple(x.shape[1:])} do not fit a model trained on {shape}")
+    with torch.no_grad():
+        recon = torch.cat([module.reconstruct(c).float() for c in x.split(1000)])
+    mse = float(((recon - x) ** 2).mean())
+    out = Path(args.out) if args.out else Path(args.run) / f"reconstruct-{args.split}.png"
+    xi, ri = as_images(x[:n], shape), as_images(recon[:n], shape)
+    if xi is None:
+        raise ValueError(f"run: data of shape {shape} are not images; use --npy to save the reconstructions")
+    rows = [np.concatenate([xi[i : i + 8], ri[i : i + 8]]) for i in range(0, len(xi), 8)]
+    plots.image_grid(np.concatenate(rows), out, nrow=min(8, len(xi)), scale=image_scale(shape))
+    print(f"{args.split} reconstruction MSE per pixel ({len(x)} samples): {mse:.5f}")
+    print(f"wrote {out}")
+    if args.npy:
+        np.save(out.with_suffix(".npy"), recon.numpy())
+        print(f"wrote {out.with_suffix('.npy')}")
+    return 0

@@ -1,0 +1,108 @@
+"""``gens train``: train a GEN (or a baseline) into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "train a GEN or a baseline (ae, vae, aae, wae) into a run folder (checkpoints, logs, figures)"
+DESCRIPTION = (
+    "Train a method on a data source and write a run folder: config.json, checkpoints/last.ckpt (+ best.ckpt), "
+    "metrics.csv, TensorBoard events, metrics.json and PNGs of reconstructions, samples, latents and losses. "
+    "With no options it trains a GEN on scikit-learn's bundled 8x8 digits (nothing is downloaded). "
+    "--resume RUN continues a run from RUN/checkpoints/last.ckpt with its saved configuration (only "
+    "--epochs, --checkpoint-every and the hardware options may change) and ends where an uninterrupted run "
+    "with the same seed would."
+)
+
+
+def _d(name):
+    from gens.runs import DEFAULTS
+
+    v = DEFAULTS[name]
+    return "auto" if v is None else (" ".join(map(str, v)) if isinstance(v, list) else v)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # options left out keep their default (and, on --resume, the saved value)
+    a = p.add_argument
+    a("--method", default=S, choices=["gen", "ae", "vae", "aae", "wae"], help=f"method (default: {_d('method')})")
+    a("--data", default=S, help="digits | mnist:DIR | fashion-mnist:DIR | svhn:DIR | images:DIR | FILE.npy "
+      f"(default: {_d('data')})")
+    a("--out", default=None, help="run folder (default: runs/<method>-<data>-<timestamp>)")
+    a("--resume", metavar="RUN", default=None, help="continue the run in folder RUN from its last.ckpt")
+    a("--latent-dim", type=int, default=S, help=f"latent dimension l (default: {_d('latent_dim')})")
+    a("--epochs", type=int, default=S, help="epochs (default: 150 for digits, 12 otherwise)")
+    a("--batch-size", type=int, default=S, help=f"minibatch size (default: {_d('batch_size')})")
+    a("--lr", type=float, default=S, help=f"Adam learning rate (default: {_d('lr')})")
+    a("--seed", type=int, default=S, help=f"seed of everything random (default: {_d('seed')})")
+    a("--lam", type=float, default=S, help="regulariser weight lambda (default: the method's)")
+    a("--objective", default=S, choices=["nonsaturating", "literal", "kl"],
+      help=f"GEN: form of the eq. 3 JSD term (default: {_d('objective')})")
+    a("--bank-mode", default=S, choices=["refresh", "queue"], help=f"GEN: latent bank (default: {_d('bank_mode')})")
+    a("--bank-size", type=int, default=S, help=f"GEN: bank size m, capped at the data (default: {_d('bank_size')})")
+    a("--refresh-every", type=int, default=S, help=f"GEN: re-encode the bank every kb batches (default: "
+      f"{_d('refresh_every')})")
+    a("--bandwidth", type=float, default=S, help="GEN: kernel bandwidth h (default: h_opt for the target and m)")
+    a("--bandwidth-correction", action="store_true", default=S, help="GEN: use h / sqrt(1 + h^2)")
+    a("--target", default=S, help=f"GEN/AAE/WAE target: normal | mog:K | mog:K:SCALE (default: {_d('target')})")
+    a("--hidden", type=int, nargs="+", default=S, help=f"hidden widths of the FC networks (default: {_d('hidden')})")
+    a("--arch", default=S, choices=["auto", "fc", "conv"], help=f"network architecture (default: {_d('arch')})")
+    a("--limit", type=int, default=S, help="use only the first N samples of each split (default: all)")
+    a("--val-fraction", type=float, default=S, help=f"held-out share of the training split (default: "
+      f"{_d('val_fraction')})")
+    a("--checkpoint-every", type=int, default=S, help="save last.ckpt every N batches, 0: only at epoch ends "
+      f"(default: {_d('checkpoint_every')})")
+    a("--accelerator", default=S, help=f"Lightning accelerator: cpu | gpu | auto (default: {_d('accelerator')})")
+    a("--devices", default=S, help=f"Lightning devices: N or auto (default: {_d('devices')})")
+    a("--num-nodes", type=int, default=S, help=f"Lightning num_nodes (default: {_d('num_nodes')})")
+    a("--strategy", default=S, help=f"Lightning strategy: auto | ddp | ... (default: {_d('strategy')})")
+    a("--no-progress", action="store_true", help="no progress bar or model summary")
+
+
+def _options(args) -> dict:
+    from gens.runs import RUN_OPTIONS
+
+    opts = {k: v for k, v in vars(args).items() if k in RUN_OPTIONS}
+    if isinstance(opts.get("devices"), str) and opts["devices"].isdigit():
+        opts["devices"] = int(opts["devices"])
+    return opts
+
+
+def run(args) -> int:
+    from gens.runs import RESUME_OPTIONS, default_out, resolve_config, train_run
+
+    opts = _options(args)
+    if args.resume:
+        out = Path(args.resume)
+        if args.out is not None and Path(args.out).resolve() != out.resolve():
+            raise ValueError("out: --resume continues the run in its own folder; leave --out out")
+        cfg_path = out / "config.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"resume: {out} is not a run folder (no config.json)")
+        saved = json.loads(cfg_path.read_text())
+        for k, v in opts.items():
+            if k not in RESUME_OPTIONS and saved.get(k) != resolve_config({**_saved_options(saved), k: v})[k]:
+                raise ValueError(f"{k.replace('_', '-')}: cannot change when resuming (saved: {saved.get(k)!r}); "
+                                 f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may")
+        cfg = resolve_config({**_saved_options(saved), **{k: v for k, v in opts.items() if k in RESUME_OPTIONS}})
+        cfg["created"] = saved.get("created")
+    else:
+        cfg = resolve_config(opts)
+        out = Path(args.out) if args.out else default_out(cfg)
+        if (out / "checkpoints" / "last.ckpt").exists():
+            raise ValueError(f"out: {out} already holds a run; continue it with --resume {out} or choose another --out")
+    summary = train_run(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
+    if summary:
+        print(f"run folder: {out}")
+        h = summary.get("bandwidth")
+        print(f"{summary['eval_split']} reconstruction MSE per pixel: {summary['recon_mse']:.5f}"
+              + (f"; bandwidth h = {h:.4f}" if h else ""))
+    return 0
+
+
+def _saved_options(saved: dict) -> dict:
+    from gens.runs import RUN_OPTIONS
+
+    return {k: saved[k] for k in RUN_OPTIONS if k in saved}
