@@ -19,6 +19,9 @@ import sys
 COMMANDS = (
     "bandwidth",
     "train",
+    "sample",
+    "reconstruct",
+    "interpolate",
     "novelty",
 )
 
