@@ -209,3 +209,78 @@ def test_score_samples_ranks_noise_images_as_novel():
     assert np.all(np.isfinite(log_px))
     is_novel = np.r_[np.zeros(len(test)), np.ones(len(noise))]
     assert roc_auc_score(is_novel, -log_px) > 0.9
+
+
+def _cli(argv):
+    import argparse
+
+    from gens.cli import novelty as cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_parse_classes():
+    from gens.cli.novelty import parse_classes
+
+    assert parse_classes("0-9") == list(range(10))
+    assert parse_classes("7,1, 3") == [1, 3, 7]
+    assert parse_classes("0-2,7") == [0, 1, 2, 7]
+    for bad in ("a", "3-x", "-1"):
+        with pytest.raises(ValueError, match="^digits:"):
+            parse_classes(bad)
+
+
+def test_cli_scores_a_run_folder(tmp_path, capsys):
+    """`gens novelty RUN` writes scores.csv matching DataSpaceDensity on the same data, and the PNG."""
+    import csv
+
+    from gens.runs import load_run, resolve_config, run_split, train_run
+
+    run = tmp_path / "run"
+    train_run(resolve_config({"method": "ae", "data": "digits", "epochs": 2, "hidden": [32], "latent_dim": 3}),
+              run, progress=False)
+    assert _cli([str(run), "--inlier", "0", "--device", "cpu", "--chunk-size", "100"]) == 0
+    assert "AUROC (inlier class 0)" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(run / "novelty" / "scores.csv")))
+    module, cfg = load_run(run)
+    x, y = run_split(cfg, "test")
+    assert len(rows) == len(x) == 360
+    assert [int(r["label"]) for r in rows] == y.tolist()
+    scorer = DataSpaceDensity(module.encode, module.decode, module.latent_distribution().log_prob)
+    expected = scorer.fit(run_split(cfg, "train")[0]).score_parts(x)
+    for key in ("score", "log_pz", "log_det", "log_noise", "recon_error"):
+        np.testing.assert_allclose([float(r[key]) for r in rows], expected[key], rtol=1e-5, atol=1e-5)
+    from matplotlib.image import imread
+
+    img = imread(run / "novelty" / "novelty.png")
+    assert img.shape[0] > 100 and img.shape[1] > 2 * img.shape[0]  # two 10 x 10 grids side by side
+    with pytest.raises(ValueError, match="^run:"):
+        _cli([])
+
+
+def test_cli_one_class_table_matches_saved_scores(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "oc"
+    assert _cli(["--one-class", "--data", "digits", "--digits", "1", "--method", "ae", "--epochs", "3",
+                 "--hidden", "32", "--latent-dim", "3", "--device", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| class | train images | eq. 10 | reconstruction | latent only |" in text and "| mean |" in text
+    saved = json.loads((out / "one_class.json").read_text())
+    row = saved["rows"][0]
+    assert row["digit"] == 1 and row["n_train"] == int((load_labels() == 1).sum())
+    scores = np.genfromtxt(out / "scores_1.csv", delimiter=",", names=True)
+    novel = (scores["label"] != 1).astype(int)
+    assert row["eq10"] == pytest.approx(roc_auc_score(novel, scores["score"]), abs=1e-4)
+    assert row["recon"] == pytest.approx(roc_auc_score(novel, scores["recon_error"]), abs=1e-4)
+    assert row["latent"] == pytest.approx(roc_auc_score(novel, -scores["log_pz"]), abs=1e-4)
+    assert f"| 1 | {row['n_train']} | {row['eq10']:.4f} |" in text
+    assert (out / "novelty_1.png").is_file()
+
+
+def load_labels():
+    from gens.data import load_dataset
+
+    return load_dataset("digits", "train")[1]
