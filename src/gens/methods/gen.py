@@ -68,9 +68,11 @@ class GENModule(BaseAutoencoder):
             _check_h(h, self.bank_size, self.latent_dim)
         self.register_buffer("bandwidth_h", torch.tensor(h, dtype=torch.float64))
         self.bank = LatentBank(self.bank_size, self.latent_dim, self.bank_mode)
-        self._bank_x = None  # (m, *data_shape) samples the refresh mode re-encodes (CPU or data device)
-        self._source = None  # (n_train, getter(index) -> tensor)
-        self._batches = 0
+        self._bank_idx = None  # (m,) indices of the training samples the bank encodes
+        self._bank_x = None  # (m, *data_shape) those samples (where the data live; moved per chunk)
+        self._source = (None, None)  # (n_train, getter(index) -> tensor)
+        self._batches = 0  # training batches seen (the refresh clock)
+        self._restored = None  # bank state from a checkpoint, used by on_train_start
 
     # ---- bandwidth and generation -----------------------------------------------------------------
     @property
@@ -127,15 +129,29 @@ class GENModule(BaseAutoencoder):
             raise ValueError(
                 "bank_mode: 'refresh' needs random access to the training samples (a GensDataModule or a "
                 "train dataloader whose dataset supports len() and indexing); use bank_mode='queue'")
-        if m != self.bank.size:
-            self.bank = LatentBank(m, self.latent_dim, self.bank_mode)
         if not math.isfinite(float(self.bandwidth_h)):
             self._resolve_bandwidth(m)
-        self.bank.to(self.device).clear()
+        restored, self._restored = self._restored, None
+        if _restorable(restored, n, m):  # resuming: the bank as it was saved
+            self.bank = LatentBank(m, self.latent_dim, self.bank_mode)
+            self.bank.fill(restored["latents"].to(self.device))
+            self._batches = int(restored["batches"])
+            self._bank_idx = restored["indices"]
+            self._bank_x = None if n is None or self._bank_idx is None else self._source[1](self._bank_idx)
+            return
+        self.bank = LatentBank(m, self.latent_dim, self.bank_mode).to(self.device)
         self._batches = 0
         if n is not None:
             self._draw_bank_samples()
             self.refresh_bank()
+
+    def on_save_checkpoint(self, checkpoint):
+        """Keep the bank, its sample indices and the batch counter, so a resumed run continues exactly."""
+        checkpoint["gen_bank"] = {"latents": self.bank.latents().detach().cpu(), "indices": self._bank_idx,
+                                  "batches": self._batches}
+
+    def on_load_checkpoint(self, checkpoint):
+        self._restored = checkpoint.get("gen_bank")
 
     def on_train_epoch_start(self):
         if self.bank_reshuffle and self.current_epoch > 0 and self._source[0] is not None:
@@ -166,6 +182,7 @@ class GENModule(BaseAutoencoder):
             idx = idx.to(self.device)
             dist.broadcast(idx, src=0)
             idx = idx.cpu()
+        self._bank_idx = idx
         self._bank_x = get(idx)
 
 
@@ -188,6 +205,14 @@ def _sample_source(trainer):
     except Exception:  # an IterableDataset or a dataset without random access
         return None, None
     return n, lambda idx: torch.stack([torch.as_tensor(batch_x(dataset[int(i)])) for i in idx])
+
+
+def _restorable(state, n, m) -> bool:
+    """Whether a checkpoint's bank state fits the current data (n training samples, bank of m)."""
+    if state is None or state["latents"].shape[0] > m:
+        return False
+    idx = state["indices"]
+    return idx is None or (n is not None and idx.numel() == m and int(idx.max()) < n)
 
 
 def _result_h(result) -> float:
