@@ -62,6 +62,8 @@ class GensDataModule(LightningDataModule):
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
         self.image_size = None if image_size is None else check_int("image_size", image_size, minimum=1)
         self._splits = None  # name -> (X tensor, y tensor or None)
+        # one stream for the whole run, so a reloaded train loader does not repeat the first order
+        self._generator = torch.Generator().manual_seed(self.seed)
         if isinstance(source_or_arrays, str) or hasattr(source_or_arrays, "__fspath__"):
             if y is not None:
                 raise ValueError("y: labels can only be given with array input; a source brings its own")
@@ -142,12 +144,11 @@ class GensDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         x, y = self._get(split)
         dataset = TensorDataset(x) if y is None else TensorDataset(x, y)
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            generator=generator,
+            generator=self._generator if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -64,7 +64,10 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
             f"{name}: IDX file {what}: header declares shape {shape} of {dtype.name} "
             f"({expected} bytes in all) but the file has {len(data)} bytes"
         )
-    values = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    try:
+        values = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    except ValueError as err:  # e.g. shape (0, 2**31, 2**31): empty, yet too big for numpy
+        raise ValueError(f"{name}: IDX shape {shape} cannot be represented ({err})") from None
     return values.astype(dtype.newbyteorder("="))
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gens._validation import check_choice, check_finite, check_int
+from gens._validation import check_choice, check_int
 from gens.data.idx import read_idx
 from gens.data.npy import read_npy
 
@@ -165,7 +165,7 @@ def to_unit_float(x: np.ndarray, name: str) -> np.ndarray:
         out /= 255.0
         return out
     if np.issubdtype(x.dtype, np.floating):
-        check_finite(name, x)
+        _check_finite(name, x)
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(
@@ -186,12 +186,19 @@ def check_labels(y, n: int, name: str) -> np.ndarray:
     if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
         raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}")
     if np.issubdtype(y.dtype, np.floating):
-        check_finite(name, y)
+        _check_finite(name, y)
         if n and not np.all(y == np.round(y)):
             raise ValueError(f"{name}: labels must be whole numbers, got non-integer floats")
     if n and (y.min() < -1 or y.max() >= 2**31):
         raise ValueError(f"{name}: labels must be integers in [0, 2**31) or -1 (unlabelled), got {y.min()}..{y.max()}")
     return y.astype(np.int64)
+
+
+def _check_finite(name: str, x: np.ndarray) -> None:
+    """Like gens._validation.check_finite, without importing torch (load_dataset stays torch-free)."""
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ValueError(f"{name}: must hold only finite values, found {bad} NaN or infinite entries")
 
 
 def to_channels_first(x: np.ndarray, name: str) -> np.ndarray:

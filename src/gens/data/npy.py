@@ -57,8 +57,8 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
             )
         data = fh.read(count * dtype.itemsize)
     array = np.frombuffer(data, dtype=dtype, count=count)
-    if fortran:
-        array = array.reshape(shape[::-1]).transpose()
-    else:
-        array = array.reshape(shape)
+    try:
+        array = array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
+    except ValueError as err:  # e.g. shape (0, 2**40, 2**40): empty, yet too big for numpy
+        raise ValueError(f"{name}: .npy shape {shape} cannot be represented ({err})") from None
     return np.ascontiguousarray(array.astype(dtype.newbyteorder("=")))
