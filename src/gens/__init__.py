@@ -27,6 +27,9 @@ _LAZY = {
     "gen_jsd_term": "gens.divergence",
     "optimal_bandwidth": "gens.bandwidth",
     "corrected_bandwidth": "gens.bandwidth",
+    # data
+    "load_dataset": "gens.data",
+    "GensDataModule": "gens.data",
     # scikit-learn style estimators
     "GEN": "gens.estimators",
     "AE": "gens.estimators",

@@ -80,10 +80,9 @@ def check_finite(name: str, x: Any) -> None:
     """Raise ValueError if the tensor/array ``x`` holds NaN or infinity (says how many)."""
     import numpy as np
 
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
+    import sys
+
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is already imported
     if torch is not None and isinstance(x, torch.Tensor):
         if x.is_floating_point() or x.is_complex():
             bad = int((~torch.isfinite(x)).sum())
