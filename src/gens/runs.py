@@ -241,11 +241,13 @@ def _last_checkpoint_callback(path: Path, every: int):
     return LastCheckpoint()
 
 
-def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, callbacks=()) -> dict:
+def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, callbacks=(),
+              figures: bool = True) -> dict:
     """Train (or, with ``resume``, continue) the run ``cfg`` (from :func:`resolve_config`) in folder ``out``.
 
-    Writes config.json first, then trains with checkpoints, CSV and TensorBoard logs, then the figures and
-    metrics.json. Returns the metrics.json summary. ``callbacks`` are added to the Trainer.
+    Writes config.json first, then trains with checkpoints, CSV and TensorBoard logs, then the figures
+    (unless ``figures=False``) and metrics.json. Returns the metrics.json summary. ``callbacks`` are added
+    to the Trainer.
     """
     import lightning as L
     import torch
@@ -298,7 +300,7 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, ca
     h = getattr(module, "bandwidth_h", None)
     cfg["bandwidth_h"] = None if h is None or not math.isfinite(float(h)) else float(h)
     write_json(out / "config.json", cfg)
-    summary = write_figures(module, dm, out, cfg, trainer=trainer)
+    summary = write_figures(module, dm, out, cfg, trainer=trainer, figures=figures)
     summary.update({"train_seconds_this_call": round(seconds, 2), "epochs_trained": int(trainer.current_epoch),
                     "global_step": int(trainer.global_step), "resumed": bool(resume)})
     write_json(out / "metrics.json", summary)
@@ -353,8 +355,9 @@ def image_scale(data_shape) -> int:
     return int(min(4, max(1, 64 // max(1, side))))
 
 
-def write_figures(module, dm, out, cfg: dict, trainer=None) -> dict:
-    """Write reconstructions / samples / latents / losses PNGs into ``out``; return summary metrics."""
+def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True) -> dict:
+    """Write reconstructions / samples / latents / losses PNGs into ``out``; return summary metrics
+    (test reconstruction MSE, latent statistics; with ``figures=False`` only these)."""
     import numpy as np
     import torch
 
@@ -380,6 +383,8 @@ def write_figures(module, dm, out, cfg: dict, trainer=None) -> dict:
         for k, v in trainer.callback_metrics.items():
             if k.startswith("val/"):
                 summary[f"last_{k}"] = float(v)
+    if not figures:
+        return summary
     scale = image_scale(shape)
     ximg, rimg = as_images(x[:32], shape), as_images(recon[:32], shape)
     if ximg is not None:

@@ -39,6 +39,15 @@ class AEModule(BaseAutoencoder):
     def on_train_epoch_start(self):
         self._moments = None
 
+    def on_save_checkpoint(self, checkpoint):
+        # the current epoch's running moments, so a run resumed mid-epoch fits the same Gaussian
+        if self._moments is not None:
+            checkpoint["ae_moments"] = [t.detach().cpu() for t in self._moments]
+
+    def on_load_checkpoint(self, checkpoint):
+        m = checkpoint.get("ae_moments")
+        self._moments = None if m is None else tuple(t.to(self.latent_mean.device) for t in m)
+
     def on_train_epoch_end(self):
         if self._moments is None:
             return
