@@ -1,0 +1,154 @@
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+import gens.bandwidth as bw
+from gens.bandwidth import (PAPER_TABLE1, BandwidthWarning, corrected_bandwidth, jsd_curve, optimal_bandwidth,
+                            optimal_bandwidth_normal)
+from gens.divergence import jsd_estimate
+from gens.targets import StandardNormal, mixture_on_simplex
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("dim,m", [(2, 250), (5, 250), (5, 500), (10, 250)])
+def test_small_cells_of_table1(dim, m):
+    mean, sd = PAPER_TABLE1[dim][m]
+    r = optimal_bandwidth_normal(dim, m, trials=5, cache=False)
+    assert len(r.values) == 5 and not r.exceeds_one
+    assert abs(r.h - mean) <= sd + 0.03, (r.h, mean, sd)
+
+
+@pytest.mark.parametrize("independent", [False, True])
+def test_trial_jsd_matches_the_kde_estimate(independent):
+    # the fast per-trial J(h) equals eq. 2 computed by gens.divergence on the same samples
+    target, m, seed, h = StandardNormal(3), 120, 7, 0.55
+    g = torch.Generator().manual_seed(seed)
+    bank = target.sample(m, g, dtype=torch.float64)
+    z_e = target.sample(m, g, dtype=torch.float64)
+    z_t = target.sample(m, g, dtype=torch.float64) if independent else z_e
+    want = jsd_estimate(bank, z_e, z_t, target, h).item()
+    (_, got, _), = jsd_curve(target, m, [h], seed=seed, independent=independent)
+    assert got == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize("target", [StandardNormal(4), mixture_on_simplex(3, 2, scale=4.0)])
+def test_derivative_matches_finite_differences(target):
+    h, eps = 0.5, 1e-4
+    (_, j_lo, _), (_, _, dj), (_, j_hi, _) = jsd_curve(target, 150, [h - eps, h, h + eps], seed=1)
+    assert dj == pytest.approx((j_hi - j_lo) / (2 * eps), rel=1e-3, abs=1e-5)
+
+
+def test_root_is_the_maximiser_of_J():
+    r = optimal_bandwidth_normal(5, 300, trials=1, seed=3, cache=False)
+    h = r.values[0]
+    (_, j_lo, _), (_, j, dj), (_, j_hi, _) = jsd_curve(StandardNormal(5), 300, [h - 0.05, h, h + 0.05], seed=3)
+    assert j > j_lo and j > j_hi and abs(dj) < 1e-3
+
+
+@pytest.mark.parametrize("dim,m,independent", [(2, 250, False), (10, 300, True)])
+def test_fixed_point_agrees_with_root(dim, m, independent):
+    # l = 2: the plain eq. 3 iteration diverges there (|T'| > 1); the safeguarded one must not
+    kw = dict(trials=3, seed=2, cache=False, independent=independent)
+    root = optimal_bandwidth_normal(dim, m, method="root", **kw)
+    fixed = optimal_bandwidth_normal(dim, m, method="fixed-point", **kw)
+    assert fixed.method == "fixed_point"
+    for a, b in zip(root.values, fixed.values):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_mixture_target_and_its_fixed_point():
+    t = mixture_on_simplex(3, 2, scale=5.0)
+    root = optimal_bandwidth(t, 200, trials=2, cache=False)
+    fixed = optimal_bandwidth(t, 200, trials=2, method="fixed_point", cache=False)
+    assert 0.1 < root.h < 1.0 and root.target == t.spec()
+    assert root.h == pytest.approx(fixed.h, abs=1e-4)
+
+
+def test_bandwidth_grows_with_dim_and_shrinks_with_m():
+    kw = dict(trials=2, cache=False)
+    assert optimal_bandwidth_normal(2, 250, **kw).h < optimal_bandwidth_normal(10, 250, **kw).h
+    assert optimal_bandwidth_normal(5, 1000, **kw).h < optimal_bandwidth_normal(5, 250, **kw).h
+
+
+def test_exceeding_one_warns_and_explains():
+    with pytest.warns(BandwidthWarning, match=r"breaks down.*larger bank m.*smaller latent dimension.*corrected"):
+        r = optimal_bandwidth_normal(40, 250, trials=1, cache=False)
+    assert r.exceeds_one and r.h >= 1.0 and r.corrected < 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimal_bandwidth_normal(40, 250, trials=1, cache=False, warn=False)
+
+
+def test_corrected_bandwidth_closed_form():
+    assert corrected_bandwidth(0.98) == pytest.approx(0.98 / math.sqrt(1 + 0.98**2))
+    assert corrected_bandwidth(0.98) == pytest.approx(0.70, abs=0.005)  # the REFERENCE's example
+    for h in (0.1, 0.5, 1.0, 3.0):
+        a2 = (corrected_bandwidth(h) / h) ** 2
+        assert a2 == pytest.approx(1 / (1 + h * h))
+    assert corrected_bandwidth(math.inf) == 1.0
+    r = optimal_bandwidth_normal(3, 100, trials=2, cache=False)
+    assert r.corrected == pytest.approx(corrected_bandwidth(r.h))
+
+
+def test_cache_roundtrip(tmp_path, monkeypatch):
+    first = optimal_bandwidth_normal(3, 100, trials=2, cache_dir=tmp_path)
+    files = list(tmp_path.glob("bandwidth-*.json"))
+    assert len(files) == 1 and "standard_normal-l3" in files[0].name and not list(tmp_path.glob("*.tmp"))
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed despite the cache")
+
+    monkeypatch.setattr(bw, "_Trial", boom)
+    again = optimal_bandwidth_normal(3, 100, trials=2, cache_dir=tmp_path)
+    assert again.values == first.values and again.h == first.h
+    with pytest.raises(AssertionError, match="recomputed"):
+        optimal_bandwidth_normal(3, 101, trials=2, cache_dir=tmp_path)  # another key
+    files[0].write_text("{not json")
+    monkeypatch.undo()
+    monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path))
+    fixed = optimal_bandwidth_normal(3, 100, trials=2)  # corrupt entry is recomputed via $GENS_CACHE_DIR
+    assert fixed.values == first.values
+    assert json.loads(files[0].read_text())["values"] == first.values
+
+
+def test_distances_recomputed_over_budget_give_the_same_result(monkeypatch):
+    stored = optimal_bandwidth_normal(4, 200, trials=2, cache=False)
+    monkeypatch.setattr(bw, "_STORE_BUDGET", 100)
+    recomputed = optimal_bandwidth_normal(4, 200, trials=2, cache=False)
+    assert recomputed.values == pytest.approx(stored.values, abs=1e-9)
+
+
+def test_threads_are_restored():
+    before = torch.get_num_threads()
+    optimal_bandwidth_normal(2, 50, trials=1, cache=False, num_threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_validation_errors():
+    t = StandardNormal(2)
+    with pytest.raises(ValueError, match="^m:"):
+        optimal_bandwidth(t, 1)
+    with pytest.raises(ValueError, match="^trials:"):
+        optimal_bandwidth(t, 10, trials=0)
+    with pytest.raises(ValueError, match="^method:"):
+        optimal_bandwidth(t, 10, method="newton")
+    with pytest.raises(ValueError, match="^target:"):
+        optimal_bandwidth("normal", 10)
+    with pytest.raises(ValueError, match="^queries:"):
+        optimal_bandwidth(t, 10, queries=0)
+    with pytest.raises(ValueError, match="^num_threads:"):
+        optimal_bandwidth(t, 10, num_threads=0)
+    with pytest.raises(ValueError, match="^dim:"):
+        optimal_bandwidth_normal(0, 10)
+    for h in (0.0, -0.5, math.nan):
+        with pytest.raises(ValueError, match="^h:"):
+            corrected_bandwidth(h)
+    with pytest.raises(ValueError, match="^hs:"):
+        jsd_curve(t, 10, [0.0])
