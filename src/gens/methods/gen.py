@@ -85,7 +85,7 @@ class GENModule(BaseAutoencoder):
     def _resolve_bandwidth(self, m: int) -> None:
         from gens.bandwidth import corrected_bandwidth, optimal_bandwidth
 
-        h = float(_result_h(optimal_bandwidth(self.target, m)))
+        h = float(optimal_bandwidth(self.target, m, warn=False).h)  # warned below, with the GEN's options
         if self.bandwidth_correction:
             h = float(corrected_bandwidth(h))
         _check_h(h, m, self.latent_dim)
@@ -137,7 +137,7 @@ class GENModule(BaseAutoencoder):
             self.bank.fill(restored["latents"].to(self.device))
             self._batches = int(restored["batches"])
             self._bank_idx = restored["indices"]
-            self._bank_x = None if n is None or self._bank_idx is None else self._source[1](self._bank_idx)
+            self._bank_x = None if n is None or self._bank_idx is None else _near(self._source[1](self._bank_idx), self.device)
             return
         self.bank = LatentBank(m, self.latent_dim, self.bank_mode).to(self.device)
         self._batches = 0
@@ -162,8 +162,8 @@ class GENModule(BaseAutoencoder):
     def on_train_batch_start(self, batch, batch_idx):
         if self.bank_mode == "refresh" and self._batches > 0 and self._batches % self.refresh_every == 0:
             self.refresh_bank()
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # counted here, not in on_train_batch_end: checkpoint callbacks save before the module's batch-end
+        # hook, so a count kept there would be one short in mid-epoch checkpoints (exact resume needs it)
         self._batches += 1
 
     def refresh_bank(self) -> torch.Tensor:
@@ -183,7 +183,12 @@ class GENModule(BaseAutoencoder):
             dist.broadcast(idx, src=0)
             idx = idx.cpu()
         self._bank_idx = idx
-        self._bank_x = get(idx)
+        self._bank_x = _near(get(idx), self.device)
+
+
+def _near(x: torch.Tensor, device, budget: int = 2**28) -> torch.Tensor:
+    """x on ``device`` when it takes at most ``budget`` bytes there (else it stays put and moves per chunk)."""
+    return x.to(device) if x.numel() * x.element_size() <= budget else x
 
 
 def _sample_source(trainer):
@@ -215,17 +220,11 @@ def _restorable(state, n, m) -> bool:
     return idx is None or (n is not None and idx.numel() == m and int(idx.max()) < n)
 
 
-def _result_h(result) -> float:
-    return getattr(result, "h", result)
-
-
 def _check_h(h: float, m: int, l: int) -> None:
     """Warn (BandwidthWarning) when h >= 1: the shrunk target N(0, (1 - h^2) I) does not exist."""
     if h >= 1.0:
-        try:
-            from gens.bandwidth import BandwidthWarning
-        except ImportError:  # pragma: no cover - defined by gens.bandwidth
-            BandwidthWarning = UserWarning
+        from gens.bandwidth import BandwidthWarning
+
         warnings.warn(
             f"bandwidth: h = {h:.3g} >= 1 for l = {l}, m = {m}: the kernel is as wide as the target, so the "
             "shrunk target of Sec. 4 does not exist and the JSD term cannot resolve the latent distribution. "
