@@ -261,14 +261,15 @@ class DataSpaceDensity:
 
 def one_class_protocol(data_source, digit: int, method: str = "gen", epochs: int = 12, *, latent_dim: int = 8,
                        train_limit: int | None = None, test_limit: int | None = None, seed: int = 0,
-                       per_pixel: bool = False, chunk_size: int = 512, device: str | None = None,
-                       trainer_kwargs: dict | None = None, **module_kwargs) -> dict:
+                       chunk_size: int = 512, device: str | None = None, trainer_kwargs: dict | None = None,
+                       **module_kwargs) -> dict:
     """One-class novelty detection (the protocol of Deep SVDD and OCGAN, applied to eq. 10).
 
-    Train ``method`` on the training images of class ``digit`` only, fit sigma^2 on their residuals,
-    score the whole test split and compute the AUROC (novel = any other class, positive) of three
-    scores from the same model: ``eq10`` (-log p(x), eq. 10), ``recon`` (reconstruction MSE) and
-    ``latent`` (-log p(z'), the latent density alone).
+    Train ``method`` on the training images of class ``digit`` only, fit the noise variance on their
+    residuals, score the whole test split and compute the AUROC (novel = any other class, positive) of
+    four scores from the same model: ``eq10`` (-log p(x), eq. 10 with sigma^2 I), ``eq10_pixel`` (eq. 10
+    with per-pixel variances, beyond the paper), ``recon`` (reconstruction MSE) and ``latent``
+    (-log p(z'), the latent density alone).
 
     data_source: a labelled source for ``gens.data.load_dataset`` ("mnist:DIR", "digits", ...).
     train_limit / test_limit: use only the first N images of each split (before selecting the class).
@@ -302,14 +303,19 @@ def one_class_protocol(data_source, digit: int, method: str = "gen", epochs: int
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     module = module.to(device).eval()
     start = time.perf_counter()
-    scorer = DataSpaceDensity(module.encode, module.decode, module.latent_distribution().log_prob,
-                              per_pixel=per_pixel, chunk_size=chunk_size)
-    scorer.fit(torch.as_tensor(inliers, device=device))
-    parts = scorer.score_parts(torch.as_tensor(x_test, device=device))
+    x_fit, x_test_t = torch.as_tensor(inliers, device=device), torch.as_tensor(x_test, device=device)
+    residuals = reconstruction_residuals(module.encode, module.decode, x_fit, chunk_size)
+    sigma2 = fit_noise_variance(residuals)
+    parts = novelty_log_prob(module.encode, module.decode, module.latent_distribution().log_prob, x_test_t,
+                             sigma2, chunk_size)
+    # the same model with a diagonal noise covariance: only the off-manifold term changes
+    var = fit_noise_variance(residuals, per_pixel=True)
+    r2 = reconstruction_residuals(module.encode, module.decode, x_test_t, chunk_size).double().pow(2)
+    log_noise_pixel = (-0.5 * (r2 / var.to(r2)).sum(1) - 0.5 * torch.log(2 * math.pi * var).sum()).cpu().numpy()
     score_seconds = time.perf_counter() - start
     novel = (y_test != digit).astype(int)
-    scores = {"eq10": parts["score"], "recon": parts["recon_error"], "latent": -parts["log_pz"]}
+    scores = {"eq10": parts["score"], "eq10_pixel": -(parts["log_pz"] - parts["log_det"] + log_noise_pixel),
+              "recon": parts["recon_error"], "latent": -parts["log_pz"]}
     return {"digit": digit, "method": method, "n_train": int(len(inliers)), "n_test": int(len(x_test)),
-            "sigma2": scorer.sigma2_ if not per_pixel else float(scorer.sigma2_.mean()),
-            "auroc": {k: float(roc_auc_score(novel, v)) for k, v in scores.items()},
+            "sigma2": sigma2, "auroc": {k: float(roc_auc_score(novel, v)) for k, v in scores.items()},
             "parts": parts, "labels": y_test, "train_seconds": train_seconds, "score_seconds": score_seconds}
