@@ -19,7 +19,8 @@ from gens.checkpoint import load_checkpoint
 from gens.cli import train as train_cli
 from gens.runs import resolve_config, train_run
 
-# digits, 300 samples -> 270 train (6 batches of 50) + 30 val; checkpoints every 4 batches and at epoch ends
+# digits, 300 samples -> 270 train (6 batches of 50) + 30 val; checkpoints after batches 4, 8, 12, ... (counted
+# over the run) and at the end
 BASE = dict(data="digits", limit=300, batch_size=50, epochs=3, latent_dim=2, hidden=[16], checkpoint_every=4,
             accelerator="cpu", devices=1, seed=3)
 GEN = dict(method="gen", bank_size=100, refresh_every=4, bandwidth=0.5)
@@ -76,12 +77,12 @@ def reference_gen(tmp_path_factory):
 def test_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference_gen):
     run = tmp_path / "killed"
     cfg = json.dumps({**BASE, **GEN})
-    # kill before global step 11 (epoch 1, batch 5): the last checkpoint is from step 10 (epoch 1, batch 4)
+    # kill before global step 11 (epoch 1, batch 5): the last checkpoint is from step 8 (epoch 1, batch 2)
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, cfg, str(run), "11"], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == -9, proc.stderr[-2000:]
     saved = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert saved["global_step"] == 10 and saved["epoch"] == 1  # mid-epoch, between checkpoints
+    assert saved["global_step"] == 8 and saved["epoch"] == 1  # mid-epoch, between checkpoints
     assert not (run / "metrics.json").exists()
     code = train_cli.run(_args(["--resume", str(run), "--no-progress"]))
     assert code == 0
@@ -89,8 +90,8 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference_ge
     assert json.loads((run / "metrics.json").read_text())["resumed"] is True
 
 
-# crash steps chosen so the last checkpoint is mid-epoch (after batch 4 of an epoch: global step 4 or 10;
-# the AAE steps two optimisers per batch, so its global step is twice the batch count). The VAE draws
+# crash steps chosen so the last checkpoint is mid-epoch (after batch 4 or 8 of the run, i.e. epoch 0 batch 4
+# or epoch 1 batch 2; the AAE steps two optimisers per batch, so its global step is twice the batch count). The VAE draws
 # random numbers in every step, the AE keeps running latent moments over the epoch, the AAE has two
 # optimisers; the WAE is built like the VAE (random prior draws, one optimiser).
 @pytest.mark.parametrize("method,crash_step", [("gen", 11), ("ae", 11), ("vae", 5), ("aae", 22)])

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--out", default=None, help="run folder (default: runs/<method>-<data>-<timestamp>)")
     a("--resume", metavar="RUN", default=None, help="continue the run in folder RUN from its last.ckpt")
     a("--latent-dim", type=int, default=S, help=f"latent dimension l (default: {_d('latent_dim')})")
-    a("--epochs", type=int, default=S, help="epochs (default: 150 for digits, 12 otherwise)")
+    a("--epochs", type=int, default=S, help="epochs (default: 40 for digits, 12 otherwise)")
     a("--batch-size", type=int, default=S, help=f"minibatch size (default: {_d('batch_size')})")
     a("--lr", type=float, default=S, help=f"Adam learning rate (default: {_d('lr')})")
     a("--seed", type=int, default=S, help=f"seed of everything random (default: {_d('seed')})")
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--limit", type=int, default=S, help="use only the first N samples of each split (default: all)")
     a("--val-fraction", type=float, default=S, help=f"held-out share of the training split (default: "
       f"{_d('val_fraction')})")
-    a("--checkpoint-every", type=int, default=S, help="save last.ckpt every N batches, 0: only at epoch ends "
+    a("--checkpoint-every", type=int, default=S, help="save last.ckpt every N batches and at the end, 0: after every epoch "
       f"(default: {_d('checkpoint_every')})")
     a("--accelerator", default=S, help=f"Lightning accelerator: cpu | gpu | auto (default: {_d('accelerator')})")
     a("--devices", default=S, help=f"Lightning devices: N or auto (default: {_d('devices')})")
