@@ -1,6 +1,7 @@
 """Training methods as LightningModules sharing networks and optimiser (``BaseAutoencoder``).
 
-    METHODS = {"gen": GENModule, "ae": AEModule, "vae": VAEModule, "aae": AAEModule, "wae": WAEModule}
+    METHODS = {"gen": GENModule, "ae": AEModule, "vae": VAEModule, "aae": AAEModule, "wae": WAEModule,
+               "semisupervised": SemiSupervisedGENModule}
     build_module("gen", data_shape=(1, 28, 28), latent_dim=8, lam=0.01)
 
 Every module: ``encode``, ``decode``, ``reconstruct``, ``sample(n, generator=None)``,
@@ -14,13 +15,15 @@ from gens.methods.aae import AAEModule
 from gens.methods.ae import AEModule
 from gens.methods.base import BaseAutoencoder
 from gens.methods.gen import GENModule
+from gens.methods.semisupervised import SemiSupervisedGENModule
 from gens.methods.vae import VAEModule
 from gens.methods.wae import WAEModule
 
 __all__ = ["METHODS", "build_module", "BaseAutoencoder", "GENModule", "AEModule", "VAEModule", "AAEModule",
-           "WAEModule"]
+           "WAEModule", "SemiSupervisedGENModule"]
 
-METHODS = {"gen": GENModule, "ae": AEModule, "vae": VAEModule, "aae": AAEModule, "wae": WAEModule}
+METHODS = {"gen": GENModule, "ae": AEModule, "vae": VAEModule, "aae": AAEModule, "wae": WAEModule,
+           "semisupervised": SemiSupervisedGENModule}
 
 
 def build_module(method: str, data_shape, latent_dim: int, **kwargs) -> BaseAutoencoder:

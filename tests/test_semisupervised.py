@@ -1,0 +1,204 @@
+"""Semi-supervised GEN (Sec. 5.4): mixture target, labelled pull, predict, protocol, Fig. 3, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import log_softmax
+from scipy.stats import multivariate_normal
+
+from gens.evaluation.semisupervised import fig3, main, mode_projection, split_semisupervised
+from gens.methods.semisupervised import SemiSupervisedGENModule, check_labels_for, select_labelled
+from gens.targets import GaussianMixture, mixture_on_simplex
+from gens.training import train
+
+K, D = 4, 24
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """torch's thread pool is 10x slower than one thread on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def clusters(n_per_class, seed):
+    """K well-separated classes in [0, 1]^D: class c lights features 6c..6c+5. -> X (n, D) float32, y (n,)."""
+    rng = np.random.RandomState(seed)
+    y = np.repeat(np.arange(K), n_per_class)
+    x = np.full((len(y), D), 0.1) + 0.8 * (np.arange(D)[None] // 6 == y[:, None])
+    x = np.clip(x + 0.08 * rng.randn(*x.shape), 0, 1).astype(np.float32)
+    perm = rng.permutation(len(y))
+    return x[perm], y[perm]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A semi-supervised GEN (l = 2, K = 4) trained briefly with 5 labels per class, 95 unlabelled per class."""
+    x, y = clusters(100, seed=0)
+    y_semi = np.full_like(y, -1)
+    keep = select_labelled(y, 20, seed=0)
+    y_semi[keep] = y[keep]
+    module, _ = train("semisupervised", (x, y_semi), latent_dim=2, max_epochs=15, batch_size=50, seed=0,
+                      trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False},
+                      datamodule_kwargs={"val_fraction": 0.0},
+                      n_modes=K, hidden=[32, 32], lr=2e-3, bank_size=300, bandwidth=0.5, labelled_batch=20)
+    return module.eval(), x, y, y_semi
+
+
+def test_predict_recovers_the_components_of_separated_clusters(trained):
+    module, *_ = trained
+    x_test, y_test = clusters(50, seed=1)
+    acc = float((module.predict(torch.from_numpy(x_test)).numpy() == y_test).mean())
+    assert acc > 0.9, acc  # chance is 0.25
+
+
+def test_labelled_posterior_goes_to_their_component(trained):
+    module, x, _, y_semi = trained
+    lab = y_semi >= 0
+    proba = module.predict_proba(torch.from_numpy(x[lab])).numpy()
+    assert proba[np.arange(lab.sum()), y_semi[lab]].mean() > 0.9
+    assert module.n_labelled == 20  # the pool holds exactly the samples with y >= 0
+
+
+def test_predict_is_argmax_of_the_mixture_posterior_scipy(trained):
+    module, x, *_ = trained
+    xt = torch.from_numpy(x[:50])
+    with torch.no_grad():
+        z = module.encode(xt).double().numpy()
+    t = module.target
+    logp = np.stack([np.log(w) + multivariate_normal(mu, cov).logpdf(z)
+                     for w, mu, cov in zip(t.weights.numpy(), t.means.numpy(), t.covs.numpy())], 1)
+    np.testing.assert_allclose(module.predict_proba(xt).numpy(), np.exp(log_softmax(logp, axis=1)), atol=1e-6)
+    np.testing.assert_array_equal(module.predict(xt).numpy(), logp.argmax(1))
+
+
+def test_mixture_is_the_target_and_h_opt_is_the_mixtures(tmp_path, monkeypatch):
+    from gens.bandwidth import optimal_bandwidth
+
+    monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path))
+    m = SemiSupervisedGENModule([D], 2, hidden=[8], n_modes=K, bank_size=200)
+    ref = mixture_on_simplex(K, 2)
+    torch.testing.assert_close(m.target.means, ref.means)
+    h = optimal_bandwidth(ref, 200, cache_dir=tmp_path / "ref").h
+    assert m.h == pytest.approx(h, rel=1e-9)
+    assert m.h != pytest.approx(optimal_bandwidth(SemiSupervisedGENModule([D], 2, hidden=[8], n_modes=2,
+                                                                          mode_scale=0.01).target, 200).h, rel=0.05)
+
+
+@pytest.mark.parametrize("supervision", ["ce", "nll"])
+def test_supervised_term_matches_scipy_and_finite_differences(supervision):
+    rng = np.random.RandomState(0)
+    a = rng.randn(3, 2, 2)
+    covs = a @ a.transpose(0, 2, 1) + 0.5 * np.eye(2)
+    target = GaussianMixture(rng.randn(3, 2) * 3, covs, [0.2, 0.3, 0.5])
+    m = SemiSupervisedGENModule([D], 2, hidden=[8], n_modes=3, target_spec=target.spec(), supervision=supervision,
+                                bandwidth=0.5)
+    z = torch.tensor(rng.randn(7, 2) * 2, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    logp = np.stack([np.log(w) + multivariate_normal(mu, c).logpdf(z.detach().numpy())
+                     for w, mu, c in zip([0.2, 0.3, 0.5], target.means.numpy(), covs)], 1)
+    if supervision == "ce":
+        ref = -log_softmax(logp, axis=1)[np.arange(7), y.numpy()].mean()
+    else:
+        ref = -np.mean([multivariate_normal(target.means.numpy()[k], covs[k]).logpdf(zi)
+                        for zi, k in zip(z.detach().numpy(), y.numpy())])
+    assert float(m.supervised_term(z, y).detach()) == pytest.approx(ref, rel=1e-10)
+    assert torch.autograd.gradcheck(lambda u: m.supervised_term(u, y), (z,))
+
+
+def test_supervision_pulls_a_labelled_latent_toward_its_component():
+    m = SemiSupervisedGENModule([D], 2, hidden=[8], n_modes=K, bandwidth=0.5)
+    mu = m.target.means.float()
+    z = (mu[0] * 0.5 + mu[1] * 0.5 + 0.1).clone().requires_grad_(True)  # between components 0 and 1
+    for label in (0, 1):
+        g, = torch.autograd.grad(m.supervised_term(z[None], torch.tensor([label])), z)
+        step = z - 0.1 * g  # a gradient step lowers the distance to the label's mean
+        assert float((step - mu[label]).norm()) < float((z - mu[label]).norm())
+
+
+def test_select_labelled_is_balanced_seeded_and_skips_unlabelled():
+    y = np.repeat(np.arange(5), 30)
+    y[::7] = -1
+    idx = select_labelled(y, 23, seed=3)
+    assert len(idx) == 23 and len(np.unique(idx)) == 23 and (y[idx] >= 0).all()
+    counts = np.bincount(y[idx], minlength=5)
+    assert counts.max() - counts.min() <= 1
+    np.testing.assert_array_equal(idx, select_labelled(y, 23, seed=3))
+    assert not np.array_equal(idx, select_labelled(y, 23, seed=4))
+    with pytest.raises(ValueError, match=r"^n_labels: .*class"):
+        select_labelled(y, 200, seed=0)
+
+
+def test_split_semisupervised_disjoint_and_balanced():
+    y = np.repeat(np.arange(10), 50)
+    train_idx, y_semi, val_idx = split_semisupervised(y, 40, 300, n_val=100, seed=1, n_classes=10)
+    assert len(train_idx) == 340 and len(val_idx) == 100 and not set(train_idx) & set(val_idx)
+    assert (y_semi >= 0).sum() == 40
+    np.testing.assert_array_equal(np.bincount(y_semi[y_semi >= 0], minlength=10), np.full(10, 4))
+    np.testing.assert_array_equal(y_semi[y_semi >= 0], y[train_idx][y_semi >= 0])
+    with pytest.raises(ValueError, match="^n_unlabelled:"):
+        split_semisupervised(y, 40, 500)
+
+
+def test_label_validation_errors():
+    with pytest.raises(ValueError, match=r"^y: labels must be -1 \(unlabelled\) or a component 0..3"):
+        check_labels_for([0, 1, 4], K)
+    with pytest.raises(ValueError, match="^y: labels must be -1"):
+        check_labels_for([0, -2], K)
+    with pytest.raises(ValueError, match=r"^y: must have one label per sample \(3\)"):
+        check_labels_for([0, 1], K, n=3)
+    with pytest.raises(ValueError, match="^y: labels must be integers"):
+        check_labels_for([0.5, 1.0], K)
+    np.testing.assert_array_equal(check_labels_for([-1, 3, 0.0], K), [-1, 3, 0])
+    with pytest.raises(ValueError, match="^n_modes: is 4 but the target has 3 components"):
+        SemiSupervisedGENModule([D], 2, hidden=[8], n_modes=4, target_spec=mixture_on_simplex(3, 2).spec())
+    with pytest.raises(ValueError, match="^supervision:"):
+        SemiSupervisedGENModule([D], 2, hidden=[8], supervision="hinge")
+    with pytest.raises(ValueError, match="^n_modes:"):
+        SemiSupervisedGENModule([D], 2, hidden=[8], n_modes=1)
+
+
+def test_training_rejects_labels_beyond_the_modes_and_unlabelled_data():
+    x, y = clusters(10, seed=0)
+    kw = dict(latent_dim=2, max_epochs=1, batch_size=20, trainer_kwargs={"accelerator": "cpu",
+              "enable_progress_bar": False}, hidden=[8], bandwidth=0.5, bank_size=20)
+    with pytest.raises(ValueError, match="^y: labels must be -1 .* 0..2 of the 3-mode target, got 3"):
+        train("semisupervised", (x, y), n_modes=3, **kw)
+    with pytest.raises(ValueError, match="^y: the semi-supervised GEN needs training labels"):
+        train("semisupervised", x, n_modes=K, **kw)
+
+
+def test_fig3_projection_and_png(tmp_path):
+    for k, l in [(10, 8), (10, 2), (5, 6)]:  # cross-polytope, circle, simplex means
+        t = mixture_on_simplex(k, l)
+        p = t.means.numpy() @ mode_projection(t.means.numpy()).T
+        r = np.linalg.norm(p, axis=1)
+        np.testing.assert_allclose(r, r[0], rtol=1e-9)  # every mean on one circle ...
+        ang = np.sort(np.arctan2(p[:, 1], p[:, 0]))
+        np.testing.assert_allclose(np.diff(ang), 2 * np.pi / k, rtol=1e-9)  # ... at the corners of a k-gon
+    rng = np.random.RandomState(0)
+    for l in (2, 8):
+        t = mixture_on_simplex(10, l)
+        y = rng.randint(0, 10, 300)
+        z = t.means.numpy()[y] + rng.randn(300, l) * 0.5
+        out = fig3(z, y, t, tmp_path / f"fig3_l{l}.png")
+        assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runner_cli_prints_a_markdown_row(tmp_path, capsys):
+    """The protocol end to end on digits (2 epochs, tiny nets): the row's numbers are the JSON's."""
+    log = tmp_path / "res.jsonl"
+    assert main(["--data", "digits", "--labels", "50", "--unlabelled", "450", "--epochs", "2", "--hidden", "16",
+                 "--bandwidth", "0.6", "--bank-size", "200", "--limit-test", "200", "--accelerator", "cpu",
+                 "--figure", str(tmp_path / "f.png"), "--json", str(log)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(log.read_text())
+    assert lines[0].startswith("| data | labels |") and lines[-1].startswith("| digits | 50 | 450 | 8 | 2 | 0 |")
+    assert f"{res['test_accuracy']:.4f}" in lines[-1]
+    assert res["n_labels"] == 50 and res["n_unlabelled"] == 450 and 0.0 <= res["test_accuracy"] <= 1.0
+    assert res["test_error"] == pytest.approx(1 - res["test_accuracy"])
+    assert (tmp_path / "f.png").is_file()
