@@ -75,6 +75,7 @@ def test_mixture_sample_weights_and_reproducibility():
     assert abs(frac - 0.75) < 4 * math.sqrt(0.75 * 0.25 / 20000)
     z2 = t.sample(20000, torch.Generator().manual_seed(3))
     assert torch.equal(z, z2)
+    assert t.sample(0).shape == (0, 2) and StandardNormal(3).sample(0).shape == (0, 3)
 
 
 def test_shrink():

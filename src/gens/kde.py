@@ -36,8 +36,8 @@ def _block_sizes(n: int, m: int, chunk: int) -> tuple[int, int]:
 
 def _sq_dist(q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """||q_a - b_i||^2 for q: (n, l), b: (m, l) -> (n, m), via one matmul, clamped at 0."""
-    d = (q * q).sum(1, keepdim=True) + (b * b).sum(1) - 2.0 * (q @ b.T)
-    return d.clamp_min_(0.0)
+    d = (q @ b.T).mul_(-2.0)  # in place: one (n, m) buffer
+    return d.add_((q * q).sum(1, keepdim=True)).add_((b * b).sum(1)).clamp_min_(0.0)
 
 
 def _blocks(q, b, h, chunk, loo):

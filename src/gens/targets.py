@@ -147,8 +147,10 @@ class GaussianMixture(Target):
     def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32, device=None) -> torch.Tensor:
         """n draws from p_t: (n, l) in ``dtype`` on ``device`` (drawn in float64 on the CPU)."""
         n = check_int("n", n, minimum=0)
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator) if self.n_components > 1 \
-            else torch.zeros(n, dtype=torch.long)
+        if self.n_components > 1 and n > 0:
+            k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        else:
+            k = torch.zeros(n, dtype=torch.long)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         z = self.means[k] + torch.einsum("nij,nj->ni", self._chol[k], eps)
         return z.to(dtype=dtype, device=device)
