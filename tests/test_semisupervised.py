@@ -36,17 +36,56 @@ def clusters(n_per_class, seed):
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """A semi-supervised GEN (l = 2, K = 4) trained briefly with 5 labels per class, 95 unlabelled per class."""
+def fitted():
+    """SemiSupervisedGEN (l = 2, K = 4) fitted briefly with 5 labels per class and 95 unlabelled per class."""
+    from gens import SemiSupervisedGEN
+
     x, y = clusters(100, seed=0)
     y_semi = np.full_like(y, -1)
     keep = select_labelled(y, 20, seed=0)
     y_semi[keep] = y[keep]
-    module, _ = train("semisupervised", (x, y_semi), latent_dim=2, max_epochs=15, batch_size=50, seed=0,
-                      trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False},
-                      datamodule_kwargs={"val_fraction": 0.0},
-                      n_modes=K, hidden=[32, 32], lr=2e-3, bank_size=300, bandwidth=0.5, labelled_batch=20)
-    return module.eval(), x, y, y_semi
+    est = SemiSupervisedGEN(2, n_modes=K, hidden=(32, 32), lr=2e-3, bank_size=300, bandwidth=0.5,
+                            labelled_batch=20, max_epochs=15, batch_size=50, random_state=0).fit(x, y_semi)
+    return est, x, y, y_semi
+
+
+@pytest.fixture(scope="module")
+def trained(fitted):
+    est, x, y, y_semi = fitted
+    return est.module_, x, y, y_semi
+
+
+def test_estimator_fit_predict_score_save_load(fitted, tmp_path):
+    from gens import SemiSupervisedGEN
+
+    est, x, _, y_semi = fitted
+    x_test, y_test = clusters(50, seed=1)
+    pred = est.predict(x_test)
+    assert pred.dtype == np.int64 and pred.shape == (200,)
+    assert est.score(x_test, y_test) == pytest.approx((pred == y_test).mean()) and (pred == y_test).mean() > 0.9
+    proba = est.predict_proba(x_test)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(proba.argmax(1), pred)
+    np.testing.assert_array_equal(est.classes_, np.arange(K))
+    assert est.transform(x_test).shape == (200, 2)
+    est.save(tmp_path / "ss.ckpt")
+    back = SemiSupervisedGEN.load(tmp_path / "ss.ckpt")
+    np.testing.assert_array_equal(back.predict(x_test), pred)
+
+
+def test_estimator_label_errors():
+    from gens import SemiSupervisedGEN
+
+    x, y = clusters(5, seed=0)
+    est = SemiSupervisedGEN(2, n_modes=3, hidden=(8,), max_epochs=1, bandwidth=0.5)
+    with pytest.raises(ValueError, match="^y: SemiSupervisedGEN.fit needs labels"):
+        est.fit(x, None)
+    with pytest.raises(ValueError, match=r"^y: labels must be -1 \(unlabelled\) or a component 0..2"):
+        est.fit(x, y)  # label 3 with 3 modes
+    with pytest.raises(ValueError, match=r"^y: must have one label per sample \(20\)"):
+        est.fit(x, y[:-1])
+    with pytest.raises(ValueError, match="^n_modes: is 4 but the target has 3 components"):
+        SemiSupervisedGEN(2, n_modes=4, target="mog:3", hidden=(8,), max_epochs=1, bandwidth=0.5).fit(x, y)
 
 
 def test_predict_recovers_the_components_of_separated_clusters(trained):
@@ -162,14 +201,15 @@ def test_label_validation_errors():
         SemiSupervisedGENModule([D], 2, hidden=[8], n_modes=1)
 
 
-def test_training_rejects_labels_beyond_the_modes_and_unlabelled_data():
+def test_training_rejects_labels_beyond_the_modes_and_warns_without_labels():
     x, y = clusters(10, seed=0)
     kw = dict(latent_dim=2, max_epochs=1, batch_size=20, trainer_kwargs={"accelerator": "cpu",
               "enable_progress_bar": False}, hidden=[8], bandwidth=0.5, bank_size=20)
     with pytest.raises(ValueError, match="^y: labels must be -1 .* 0..2 of the 3-mode target, got 3"):
         train("semisupervised", (x, y), n_modes=3, **kw)
-    with pytest.raises(ValueError, match="^y: the semi-supervised GEN needs training labels"):
-        train("semisupervised", x, n_modes=K, **kw)
+    with pytest.warns(UserWarning, match="^y: no labelled training samples"):
+        module, _ = train("semisupervised", x, n_modes=K, **kw)  # no labels at all: an unsupervised GEN
+    assert module.n_labelled == 0
 
 
 def test_fig3_projection_and_png(tmp_path):

@@ -36,6 +36,7 @@ _LAZY = {
     "VAE": "gens.estimators",
     "AAE": "gens.estimators",
     "WAE": "gens.estimators",
+    "SemiSupervisedGEN": "gens.estimators",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

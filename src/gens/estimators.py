@@ -43,13 +43,13 @@ from contextlib import contextmanager
 
 import numpy as np
 from lightning.pytorch import Callback
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from gens._validation import check_choice, check_float, check_int
 
-__all__ = ["GEN", "AE", "VAE", "AAE", "WAE", "EXPECTED_FAILED_CHECKS", "load"]
+__all__ = ["GEN", "AE", "VAE", "AAE", "WAE", "SemiSupervisedGEN", "EXPECTED_FAILED_CHECKS", "load"]
 
 FORMAT = "gens-estimator/1"
 
@@ -66,7 +66,8 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, X, y=None):
-        """Train on X: (n, d), (n, H, W) or (n, C, H, W). ``y`` is ignored. Returns self."""
+        """Train on X: (n, d), (n, H, W) or (n, C, H, W). ``y`` is ignored (``SemiSupervisedGEN``: labels,
+        -1 = unlabelled). Returns self."""
         import lightning as L
 
         from gens.checkpoint import ResumeCallback
@@ -83,11 +84,12 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 f"for X with {self.n_features_in_} feature(s)")
         self.seed_ = int(check_random_state(self.random_state).randint(0, 2**31 - 1)) \
             if not isinstance(self.random_state, (int, np.integer)) else int(self.random_state)
+        labels = self._fit_labels(y, n)
         Xs = self._scale(X, fit=True)
         kwargs = self._module_kwargs(params, n)
         L.seed_everything(self.seed_, workers=True, verbose=False)
         dm = GensDataModule(Xs.reshape(n, *self.input_shape_), batch_size=min(params["batch_size"], n),
-                            val_fraction=params["val_fraction"], seed=self.seed_)
+                            val_fraction=params["val_fraction"], seed=self.seed_, y=labels)
         module = build_module(self._method, list(self.input_shape_), self.latent_dim, **kwargs)
         history = _History()
         with _quiet(not self.verbose):
@@ -106,6 +108,10 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             self.bandwidth_ = float(h)
         self._n_features_out = self.latent_dim
         return self
+
+    def _fit_labels(self, y, n: int):
+        """Labels passed to the training data: None (``y`` is ignored) except in ``SemiSupervisedGEN``."""
+        return None
 
     def _checked_params(self) -> dict:
         check_int("latent_dim", self.latent_dim, minimum=1)
@@ -425,7 +431,64 @@ class WAE(_GensEstimator):
         self.verbose = verbose
 
 
-_ESTIMATORS = {c.__name__: c for c in (GEN, AE, VAE, AAE, WAE)}
+class SemiSupervisedGEN(ClassifierMixin, GEN):
+    """Semi-supervised GEN (Sec. 5.4; ``gens.methods.semisupervised``): a mixture target with ``n_modes``
+    components, component k for class k. ``fit(X, y)`` takes labels 0..n_modes-1 with y = -1 for unlabelled
+    samples (scikit-learn's semi-supervised convention): every sample's latent is matched to the whole
+    mixture by the KDE-JSD (h = h_opt of the mixture), labelled ones are also pulled toward their class's
+    component (``supervision`` "ce": cross-entropy of p(k | z); "nll": -log N(z; mu_y, Sigma_y)), weight
+    ``sup_weight``, ``labelled_batch`` labelled samples per step. ``predict`` gives the most probable
+    component argmax_k p(k | E(x)), ``predict_proba`` p(k | E(x)), ``score`` the accuracy. ``target``:
+    None places the modes with ``mixture_on_simplex(n_modes, latent_dim, mode_scale)``; a given target
+    must have ``n_modes`` components. Other parameters as ``GEN``'s.
+    """
+
+    _method = "semisupervised"
+    _module_params = GEN._module_params + ("n_modes", "mode_scale", "sup_weight", "supervision", "labelled_batch")
+
+    def __init__(self, latent_dim=8, *, n_modes=10, mode_scale=6.0, sup_weight=1.0, supervision="ce",
+                 labelled_batch=100, lam=None, objective="nonsaturating", bank_mode="refresh", bank_size=10000,
+                 refresh_every=10, bandwidth=None, bandwidth_correction=False, target=None, max_epochs=12,
+                 batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0,
+                 accelerator="cpu", random_state=None, verbose=False):
+        super().__init__(latent_dim, lam=lam, objective=objective, bank_mode=bank_mode, bank_size=bank_size,
+                         refresh_every=refresh_every, bandwidth=bandwidth, bandwidth_correction=bandwidth_correction,
+                         target=target, max_epochs=max_epochs, batch_size=batch_size, lr=lr, hidden=hidden,
+                         arch=arch, scaling=scaling, val_fraction=val_fraction, accelerator=accelerator,
+                         random_state=random_state, verbose=verbose)
+        self.n_modes = n_modes
+        self.mode_scale = mode_scale
+        self.sup_weight = sup_weight
+        self.supervision = supervision
+        self.labelled_batch = labelled_batch
+
+    def fit(self, X, y):
+        """Train on X with labels y: (n,) in 0..n_modes-1, -1 for unlabelled samples. Returns self."""
+        if y is None:
+            raise ValueError("y: SemiSupervisedGEN.fit needs labels (-1 for unlabelled samples); use GEN for none")
+        return super().fit(X, y)
+
+    def _fit_labels(self, y, n: int):
+        from gens.methods.semisupervised import check_labels_for
+
+        return check_labels_for(y, check_int("n_modes", self.n_modes, minimum=2), n)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The components' labels 0..n_modes-1."""
+        check_is_fitted(self)
+        return np.arange(self.module_.n_modes)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """p(k | E(x)) for X: (n, ...) -> (n, n_modes) float64, rows sum to 1."""
+        return self.module_.predict_proba(self._as_tensor(X), batch_size=1024).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable component argmax_k p(k | E(x)) for X: (n, ...) -> (n,) int64."""
+        return self.predict_proba(X).argmax(1)
+
+
+_ESTIMATORS = {c.__name__: c for c in (GEN, AE, VAE, AAE, WAE, SemiSupervisedGEN)}
 
 
 # ----------------------------------------------------------------------------------------- helpers

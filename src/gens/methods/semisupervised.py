@@ -19,13 +19,16 @@ semi-supervised convention: y = -1 marks an unlabelled sample, classes are 0..K-
 - ``n_labels``: keep only this many of the training labels, balanced over the classes and chosen with
   ``label_seed`` (``select_labelled``); None keeps every label >= 0 the data carry.
 - Labels come from ``trainer.datamodule.train_labels()`` (``GensDataModule``) or the labels tensor of
-  the train dataloader's ``TensorDataset``; the batches' own labels are not used for training.
+  the train dataloader's ``TensorDataset``; the batches' own labels are not used for training. Data
+  without any label train an unsupervised GEN with the mixture target (with a warning).
 - ``predict(x)``: the most probable component, argmax_k p(k | E(x)); ``predict_proba(x)``: p(k | E(x)).
 - Logged besides the GEN's values: ``sup`` (the supervised term), ``acc`` (training: of the labelled
   draw; validation: of the validation samples that have labels).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -171,12 +174,12 @@ class SemiSupervisedGENModule(GENModule):
     def on_train_start(self):
         super().on_train_start()
         x, y = _labelled_source(self.trainer)
-        if y is None:
-            raise ValueError("y: the semi-supervised GEN needs training labels (-1 for unlabelled samples); "
-                             "the training data carry none")
-        y = check_labels_for(y, self.n_modes, len(x))
+        y = np.full(len(x), -1, dtype=np.int64) if y is None else check_labels_for(y, self.n_modes, len(x))
         idx = np.flatnonzero(y >= 0) if self.n_labels is None else \
             select_labelled(y, self.n_labels, self.label_seed, self.n_modes)
+        if len(idx) == 0:
+            warnings.warn("y: no labelled training samples; this trains an unsupervised GEN with a "
+                          f"{self.n_modes}-mode mixture target (components are not tied to classes)", stacklevel=2)
         idx_t = torch.from_numpy(idx)
         self._pool = (x[idx_t].to(self.device), torch.from_numpy(y[idx]).to(self.device))
 
@@ -189,11 +192,10 @@ class SemiSupervisedGENModule(GENModule):
 def _labelled_source(trainer):
     """(train samples (n, *data_shape), train labels (n,) or None) from the datamodule or dataloader."""
     dm = getattr(trainer, "datamodule", None)
-    if dm is not None and hasattr(dm, "train_tensor") and hasattr(dm, "train_labels"):
-        return dm.train_tensor(), dm.train_labels()
-    dataset = getattr(trainer.train_dataloader, "dataset", None)
-    tensors = getattr(dataset, "tensors", None)
+    if dm is not None and hasattr(dm, "train_tensor"):
+        return dm.train_tensor(), (dm.train_labels() if hasattr(dm, "train_labels") else None)
+    tensors = getattr(getattr(trainer.train_dataloader, "dataset", None), "tensors", None)
     if tensors is None:
-        raise ValueError("data: the semi-supervised GEN needs random access to labelled training samples (a "
+        raise ValueError("data: the semi-supervised GEN needs random access to the labelled training samples (a "
                          "GensDataModule or a TensorDataset(x, y) train dataloader)")
     return tensors[0], (tensors[1] if len(tensors) > 1 else None)
