@@ -242,3 +242,46 @@ def test_runner_cli_prints_a_markdown_row(tmp_path, capsys):
     assert res["n_labels"] == 50 and res["n_unlabelled"] == 450 and 0.0 <= res["test_accuracy"] <= 1.0
     assert res["test_error"] == pytest.approx(1 - res["test_accuracy"])
     assert (tmp_path / "f.png").is_file()
+
+
+def test_gens_train_cli_target_mog_modes_labels(tmp_path, capsys):
+    """`gens train --target mog --modes K --labels N`: a semisupervised run whose metrics.json accuracy is
+    the share of test samples whose most probable component is their label (recomputed from the checkpoint)."""
+    from gens.cli import main as gens_main
+    from gens.runs import load_run, run_split
+
+    out = tmp_path / "run"
+    assert gens_main(["train", "--data", "digits", "--target", "mog", "--modes", "10", "--labels", "50",
+                      "--latent-dim", "2", "--epochs", "2", "--hidden", "16", "--bandwidth", "0.6", "--bank-size",
+                      "200", "--limit", "300", "--accelerator", "cpu", "--no-progress", "--out", str(out)]) == 0
+    assert "accuracy (most probable component vs label)" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "semisupervised" and cfg["target"] == "mog:10" and cfg["labels"] == 50
+    module, _ = load_run(out)
+    assert module.n_modes == 10 and module.n_labels == 50
+    x, y = run_split(cfg, "test")
+    acc = float((module.predict(x) == y).double().mean())
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == pytest.approx(acc, abs=1e-12)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "mog"], "^target: 'mog' needs --modes K"),
+    (["--target", "normal", "--modes", "3"], "^modes: goes with --target mog"),
+    (["--method", "gen", "--labels", "10"], "^labels: only --method semisupervised"),
+])
+def test_gens_train_cli_mixture_option_errors(argv, message):
+    import argparse
+
+    from gens.cli import train as cli_train
+
+    p = argparse.ArgumentParser()
+    cli_train.add_arguments(p)
+    with pytest.raises(ValueError, match=message):
+        cli_train._options(p.parse_args(argv))
+
+
+def test_modes_follow_a_given_target_and_a_single_gaussian_is_refused():
+    m = SemiSupervisedGENModule([D], 2, hidden=[8], target_spec=mixture_on_simplex(3, 2).spec(), bandwidth=0.5)
+    assert m.n_modes == 3
+    with pytest.raises(ValueError, match="^target_spec: the semi-supervised GEN needs a mixture of >= 2"):
+        SemiSupervisedGENModule([D], 2, hidden=[8], target_spec={"type": "standard_normal", "dim": 2})

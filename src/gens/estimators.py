@@ -439,14 +439,15 @@ class SemiSupervisedGEN(ClassifierMixin, GEN):
     component (``supervision`` "ce": cross-entropy of p(k | z); "nll": -log N(z; mu_y, Sigma_y)), weight
     ``sup_weight``, ``labelled_batch`` labelled samples per step. ``predict`` gives the most probable
     component argmax_k p(k | E(x)), ``predict_proba`` p(k | E(x)), ``score`` the accuracy. ``target``:
-    None places the modes with ``mixture_on_simplex(n_modes, latent_dim, mode_scale)``; a given target
-    must have ``n_modes`` components. Other parameters as ``GEN``'s.
+    None places ``n_modes`` (default 10) modes with ``mixture_on_simplex(n_modes, latent_dim, mode_scale)``;
+    a given target ("mog:K", spec, Target) fixes the modes (``n_modes``, if given, must match). Other
+    parameters as ``GEN``'s.
     """
 
     _method = "semisupervised"
     _module_params = GEN._module_params + ("n_modes", "mode_scale", "sup_weight", "supervision", "labelled_batch")
 
-    def __init__(self, latent_dim=8, *, n_modes=10, mode_scale=6.0, sup_weight=1.0, supervision="ce",
+    def __init__(self, latent_dim=8, *, n_modes=None, mode_scale=6.0, sup_weight=1.0, supervision="ce",
                  labelled_batch=100, lam=None, objective="nonsaturating", bank_mode="refresh", bank_size=10000,
                  refresh_every=10, bandwidth=None, bandwidth_correction=False, target=None, max_epochs=12,
                  batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0,
@@ -469,9 +470,16 @@ class SemiSupervisedGEN(ClassifierMixin, GEN):
         return super().fit(X, y)
 
     def _fit_labels(self, y, n: int):
-        from gens.methods.semisupervised import check_labels_for
+        from gens.methods.semisupervised import DEFAULT_MODES, check_labels_for
+        from gens.targets import target_from_spec
 
-        return check_labels_for(y, check_int("n_modes", self.n_modes, minimum=2), n)
+        if self.n_modes is not None:
+            k = check_int("n_modes", self.n_modes, minimum=2)
+        elif self.target is not None:
+            k = target_from_spec(_target_spec(self.target, self.latent_dim)).n_components
+        else:
+            k = DEFAULT_MODES
+        return check_labels_for(y, k, n)
 
     @property
     def classes_(self) -> np.ndarray:

@@ -63,6 +63,7 @@ DEFAULTS = {
     "bandwidth": None,
     "bandwidth_correction": False,
     "target": "normal",
+    "labels": None,  # semisupervised: training labels kept, balanced per class (None: all)
     "hidden": [1000, 1000],
     "arch": "auto",
     "limit": None,
@@ -85,7 +86,7 @@ DEFAULT_EPOCHS = {"digits": 40, None: 12}
 _MODULE_KEYS = {
     "lr": "lr", "lam": "lam", "objective": "objective", "bank_mode": "bank_mode", "bank_size": "bank_size",
     "refresh_every": "refresh_every", "bandwidth": "bandwidth", "bandwidth_correction": "bandwidth_correction",
-    "hidden": "hidden", "arch": "arch",
+    "hidden": "hidden", "arch": "arch", "labels": "n_labels",
 }
 
 
@@ -382,6 +383,8 @@ def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True
     summary = {"method": cfg["method"], "data": cfg["data"], "eval_split": split, "n_eval": int(len(x)),
                "recon_mse": mse, "bandwidth": cfg.get("bandwidth_h"), "latent_mean_abs": float(z.abs().mean()),
                "latent_std": [float(s) for s in z.std(0)], "latent_mean": [float(m) for m in z.mean(0)]}
+    if y is not None and hasattr(module, "predict"):  # semisupervised: most probable component vs label
+        summary["accuracy"] = float((module.predict(x) == y).double().mean())
     if trainer is not None:
         for k, v in trainer.callback_metrics.items():
             if k.startswith("val/"):

@@ -27,7 +27,8 @@ def _d(name):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # options left out keep their default (and, on --resume, the saved value)
     a = p.add_argument
-    a("--method", default=S, choices=["gen", "ae", "vae", "aae", "wae"], help=f"method (default: {_d('method')})")
+    a("--method", default=S, choices=["gen", "ae", "vae", "aae", "wae", "semisupervised"],
+      help=f"method (default: {_d('method')}; --labels N: semisupervised)")
     a("--data", default=S, help="digits | mnist:DIR | fashion-mnist:DIR | svhn:DIR | images:DIR | FILE.npy "
       f"(default: {_d('data')})")
     a("--out", default=None, help="run folder (default: runs/<method>-<data>-<timestamp>)")
@@ -46,7 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       f"{_d('refresh_every')})")
     a("--bandwidth", type=float, default=S, help="GEN: kernel bandwidth h (default: h_opt for the target and m)")
     a("--bandwidth-correction", action="store_true", default=S, help="GEN: use h / sqrt(1 + h^2)")
-    a("--target", default=S, help=f"GEN/AAE/WAE target: normal | mog:K | mog:K:SCALE (default: {_d('target')})")
+    a("--target", default=S, help=f"GEN/AAE/WAE target: normal | mog:K | mog:K:SCALE | mog with --modes K "
+      f"(default: {_d('target')}; semisupervised: mog:10)")
+    a("--modes", type=int, default=None, help="number K of mixture modes for --target mog")
+    a("--labels", type=int, default=S, help="semi-supervised: keep N training labels (balanced per class), the "
+      "rest unlabelled; the labelled samples are pulled to their class's mode (implies --method semisupervised)")
     a("--hidden", type=int, nargs="+", default=S, help=f"hidden widths of the FC networks (default: {_d('hidden')})")
     a("--arch", default=S, choices=["auto", "fc", "conv"], help=f"network architecture (default: {_d('arch')})")
     a("--limit", type=int, default=S, help="use only the first N samples of each split (default: all)")
@@ -67,7 +72,25 @@ def _options(args) -> dict:
     opts = {k: v for k, v in vars(args).items() if k in RUN_OPTIONS}
     if isinstance(opts.get("devices"), str) and opts["devices"].isdigit():
         opts["devices"] = int(opts["devices"])
+    _mixture_options(opts, getattr(args, "modes", None))
     return opts
+
+
+def _mixture_options(opts: dict, modes) -> None:
+    """--target mog --modes K -> target "mog:K"; --labels N -> method "semisupervised" (target mog:10 unless given)."""
+    from gens._validation import check_int
+
+    target = opts.get("target")
+    if modes is not None:
+        if target not in (None, "mog"):
+            raise ValueError(f"modes: goes with --target mog (or no --target), got --target {target}")
+        opts["target"] = f"mog:{check_int('modes', modes, minimum=1)}"
+    elif target == "mog":
+        raise ValueError("target: 'mog' needs --modes K (or write mog:K)")
+    if opts.get("labels") is not None and opts.setdefault("method", "semisupervised") != "semisupervised":
+        raise ValueError(f"labels: only --method semisupervised uses labels, got --method {opts['method']}")
+    if opts.get("method") == "semisupervised" and "target" not in opts:
+        opts["target"] = "mog:10"
 
 
 def run(args) -> int:
@@ -99,6 +122,8 @@ def run(args) -> int:
         h = summary.get("bandwidth")
         print(f"{summary['eval_split']} reconstruction MSE per pixel: {summary['recon_mse']:.5f}"
               + (f"; bandwidth h = {h:.4f}" if h else ""))
+        if "accuracy" in summary:
+            print(f"{summary['eval_split']} accuracy (most probable component vs label): {summary['accuracy']:.4f}")
     return 0
 
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gens._validation import check_int
+from gens._validation import check_float, check_int
 
 __all__ = ["semisupervised_protocol", "split_semisupervised", "fig3", "mode_projection", "markdown_row", "HEADER", "main"]
 
-HEADER = ("| data | labels | unlabelled | l | epochs | seed | test acc | test error | unlabelled acc | recon MSE "
+HEADER = ("| data | labels | unlabelled | l | epochs trained | seed | test acc | test error | unlabelled acc | recon MSE "
           "| h | minutes |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -94,14 +94,16 @@ def _datamodule(x_train, y_train, x_val, y_val, x_test, y_test, batch_size: int,
 def semisupervised_protocol(source: str, n_labels: int, n_unlabelled: int, modes: int = 10, latent_dim: int = 8,
                             epochs: int = 50, seed: int = 0, *, n_val: int | None = None, batch_size: int = 100,
                             accelerator: str = "auto", devices=1, figure=None, progress: bool = False,
-                            limit_test: int | None = None, **module_kwargs) -> dict:
+                            limit_test: int | None = None, max_minutes: float | None = None,
+                            **module_kwargs) -> dict:
     """Train a semi-supervised GEN on ``source`` and measure its test accuracy (module docstring).
 
     ``module_kwargs`` go to ``SemiSupervisedGENModule`` (lam, sup_weight, supervision, labelled_batch,
     bank_size, hidden, arch, mode_scale, ...). ``figure``: path of the Fig. 3 PNG (test latents coloured by
-    label over the target's density). Returns a dict: test_accuracy, test_error, unlabelled_accuracy (the
-    training samples without labels), labelled_accuracy, val_accuracy, recon_mse (test, per pixel),
-    bandwidth, seconds, and the settings.
+    label over the target's density). ``max_minutes``: stop training after this wall time (Lightning's
+    ``max_time``; ``epochs_trained`` says how far it got). Returns a dict: test_accuracy, test_error,
+    unlabelled_accuracy (the training samples without labels), labelled_accuracy, val_accuracy, recon_mse
+    (test, per pixel), bandwidth, seconds, epochs_trained and the settings.
     """
     import torch
 
@@ -125,6 +127,9 @@ def semisupervised_protocol(source: str, n_labels: int, n_unlabelled: int, modes
                      batch_size, seed)
     trainer_kwargs = {"accelerator": accelerator, "devices": devices, "enable_progress_bar": progress,
                       "enable_model_summary": progress, "num_sanity_val_steps": 0}
+    if max_minutes is not None:
+        trainer_kwargs["max_time"] = {"seconds": check_float("max_minutes", max_minutes, minimum=0.0,
+                                                             min_inclusive=False) * 60}
     start = time.perf_counter()
     module, trainer = train("semisupervised", dm, latent_dim=latent_dim, max_epochs=epochs, batch_size=batch_size,
                             seed=seed, trainer_kwargs=trainer_kwargs, n_modes=modes, **module_kwargs)
@@ -142,7 +147,7 @@ def semisupervised_protocol(source: str, n_labels: int, n_unlabelled: int, modes
     val_pred = module.predict(t(x[val_idx])).numpy() if len(val_idx) else np.zeros(0, dtype=np.int64)
     res = {
         "data": source, "n_labels": int(labelled.sum()), "n_unlabelled": int((~labelled).sum()), "modes": modes,
-        "latent_dim": latent_dim, "epochs": epochs, "seed": seed,
+        "latent_dim": latent_dim, "epochs": epochs, "epochs_trained": int(trainer.current_epoch), "seed": seed,
         "test_accuracy": float((pred_test == y_test).mean()),
         "unlabelled_accuracy": _acc(pred_train[~labelled], y_train[~labelled]),
         "labelled_accuracy": _acc(pred_train[labelled], y_train[labelled]),
@@ -216,7 +221,7 @@ def fig3(z, labels, target, path, title: str | None = None) -> Path:
 
 def markdown_row(res: dict) -> str:
     """One row of ``HEADER`` from a ``semisupervised_protocol`` result."""
-    return (f"| {res['data']} | {res['n_labels']} | {res['n_unlabelled']} | {res['latent_dim']} | {res['epochs']} "
+    return (f"| {res['data']} | {res['n_labels']} | {res['n_unlabelled']} | {res['latent_dim']} | {res['epochs_trained']} "
             f"| {res['seed']} | {res['test_accuracy']:.4f} | {res['test_error']:.4f} | "
             f"{res['unlabelled_accuracy']:.4f} | {res['recon_mse']:.4f} | {res['bandwidth']:.3f} | "
             f"{res['seconds'] / 60:.1f} |")
@@ -250,6 +255,7 @@ def main(argv=None) -> int:
     p.add_argument("--bandwidth", type=float, default=None, help="kernel bandwidth h (default: h_opt of the mixture)")
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths of the FC networks")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test samples")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop each run's training after this wall time")
     p.add_argument("--arch", default="auto", choices=["auto", "fc", "conv"])
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--figure", default=None, help="Fig. 3 PNG path (suffixed per run when there are several)")
@@ -268,7 +274,7 @@ def main(argv=None) -> int:
         n_unl = a.unlabelled if a.unlabelled is not None else max(0, min(50000, n_avail) - n_labels)
         res = semisupervised_protocol(a.data, n_labels, n_unl, a.modes, l, a.epochs, a.seed, batch_size=a.batch_size,
                                       accelerator=a.accelerator, progress=a.progress, bank_size=a.bank_size,
-                                      limit_test=a.limit_test,
+                                      limit_test=a.limit_test, max_minutes=a.max_minutes,
                                       arch=a.arch, figure=_suffixed(a.figure, n_labels, l, len(runs) > 1), **extra)
         print(markdown_row(res), flush=True)
         if a.json:

@@ -15,7 +15,7 @@ semi-supervised convention: y = -1 marks an unlabelled sample, classes are 0..K-
 
 - ``n_modes`` K: with ``target_spec=None`` the target is ``mixture_on_simplex(K, latent_dim, mode_scale)``
   (unit-covariance modes at least ``mode_scale`` apart: on a circle in 2-D, simplex / cross-polytope
-  vertices in l-D). A given ``target_spec`` must have K components.
+  vertices in l-D), K = 10 when left out. A given ``target_spec`` fixes K (n_modes, if given, must match).
 - ``n_labels``: keep only this many of the training labels, balanced over the classes and chosen with
   ``label_seed`` (``select_labelled``); None keeps every label >= 0 the data carry.
 - Labels come from ``trainer.datamodule.train_labels()`` (``GensDataModule``) or the labels tensor of
@@ -41,6 +41,7 @@ from gens.methods.gen import DEFAULT_LAM, GENModule
 __all__ = ["SemiSupervisedGENModule", "SUPERVISION", "select_labelled", "check_labels_for"]
 
 SUPERVISION = ("ce", "nll")
+DEFAULT_MODES = 10
 
 
 def check_labels_for(y, n_components: int, n: int | None = None, name: str = "y") -> np.ndarray:
@@ -97,10 +98,12 @@ class SemiSupervisedGENModule(GENModule):
                  betas=(0.5, 0.999), target_spec=None, bandwidth=None, bandwidth_correction: bool = False,
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
                  bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
-                 eps: float | None = None, n_modes: int = 10, mode_scale: float = 6.0, sup_weight: float = 1.0,
+                 eps: float | None = None, n_modes: int | None = None, mode_scale: float = 6.0,
+                 sup_weight: float = 1.0,
                  supervision: str = "ce", labelled_batch: int = 100, n_labels: int | None = None,
                  label_seed: int = 0):
-        n_modes = check_int("n_modes", n_modes, minimum=2)
+        given = n_modes is not None
+        n_modes = check_int("n_modes", DEFAULT_MODES if n_modes is None else n_modes, minimum=2)
         mode_scale = check_float("mode_scale", mode_scale, minimum=0.0, min_inclusive=False)
         if target_spec is None:
             target_spec = {"type": "mixture_on_simplex", "n_components": n_modes,
@@ -108,10 +111,14 @@ class SemiSupervisedGENModule(GENModule):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas, target_spec, bandwidth,
                          bandwidth_correction, lam, objective, bank_mode, bank_size, refresh_every, bank_reshuffle,
                          eps)
-        if self.target.n_components != n_modes:
-            raise ValueError(f"n_modes: is {n_modes} but the target has {self.target.n_components} components; "
-                             "give a target with n_modes components (or leave target_spec out)")
-        self.n_modes = n_modes
+        k = self.target.n_components
+        if given and k != n_modes:
+            raise ValueError(f"n_modes: is {n_modes} but the target has {k} components; give a target with "
+                             "n_modes components (or leave one of the two out)")
+        if k < 2:
+            raise ValueError(f"target_spec: the semi-supervised GEN needs a mixture of >= 2 components (one per "
+                             f"class), got {k}; use e.g. 'mog:10'")
+        self.n_modes = k
         self.sup_weight = check_float("sup_weight", sup_weight, minimum=0.0)
         self.supervision = check_choice("supervision", supervision, SUPERVISION)
         self.labelled_batch = check_int("labelled_batch", labelled_batch, minimum=1)
