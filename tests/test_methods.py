@@ -219,9 +219,10 @@ def test_ae_latent_distribution_is_a_gaussian_fit_to_training_latents(digits):
 
 
 @pytest.mark.parametrize("method", ["gen", "vae", "aae"])
-def test_checkpoint_round_trip(method, digits, tmp_path):
+def test_checkpoint_round_trip(method, digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path))
     L.seed_everything(0, verbose=False)
-    kw = dict(GEN_SMALL, bank_mode="queue") if method == "gen" else dict(SMALL, disc_hidden=[16], target_spec=mixture_on_simplex(2, 2).spec()) if method == "aae" else SMALL
+    kw = dict(GEN_SMALL, bank_mode="queue", bandwidth=None) if method == "gen" else dict(SMALL, disc_hidden=[16], target_spec=mixture_on_simplex(2, 2).spec()) if method == "aae" else SMALL
     module = build_module(method, SHAPE, 2, **kw)
     trainer = _trainer(limit_train_batches=2)
     trainer.fit(module, datamodule=GensDataModule(digits, batch_size=50))
@@ -233,16 +234,26 @@ def test_checkpoint_round_trip(method, digits, tmp_path):
         torch.testing.assert_close(a, b, msg=n)
     x = torch.rand(3, *SHAPE)
     torch.testing.assert_close(back.encode(x), module.encode(x))
-    if method == "gen":
-        assert float(back.bandwidth_h) == 0.5
+    if method == "gen":  # h was computed at the start of training: the checkpoint keeps it
+        assert math.isfinite(float(module.bandwidth_h))
+        assert float(back.bandwidth_h) == float(module.bandwidth_h)
         torch.testing.assert_close(back._restored["latents"], module.bank.latents())
 
 
-def test_bank_larger_than_data_is_capped_with_a_warning(digits):
-    gen = GENModule(SHAPE, 2, **{**GEN_SMALL, "bank_size": 5000})
+@pytest.mark.parametrize("correction", [False, True])
+def test_bank_capped_at_the_data_and_h_opt_computed_for_the_capped_m(digits, correction, tmp_path, monkeypatch):
+    from gens.bandwidth import corrected_bandwidth, optimal_bandwidth
+
+    monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path))
+    gen = GENModule(SHAPE, 2, **{**GEN_SMALL, "bank_size": 5000, "bandwidth": None,
+                                 "bandwidth_correction": correction})
+    assert math.isnan(float(gen.bandwidth_h))
     with pytest.warns(UserWarning, match="bank_size: 5000 is larger than the 360 training samples; using m = 360"):
         _trainer(limit_train_batches=1).fit(gen, datamodule=GensDataModule(digits, batch_size=50))
     assert gen.bank.size == 360 and len(gen.bank) == 360
+    h = optimal_bandwidth(StandardNormal(2), 360).h
+    assert 0.2 < h < 0.6  # Table 1, l = 2: 0.46 at m = 250, 0.41 at m = 500
+    assert float(gen.bandwidth_h) == pytest.approx(corrected_bandwidth(h) if correction else h, rel=1e-12)
 
 
 def test_bandwidth_at_least_one_warns_with_advice():
@@ -287,3 +298,14 @@ def test_train_is_seeded_and_returns_module_and_trainer(digits):
     assert isinstance(trainer, L.Trainer) and trainer.global_step == 3
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def test_kl_density_floor_scales_with_the_target_and_nan_latents_give_a_nan_loss():
+    gen = GENModule(SHAPE, 8, bandwidth=0.5, objective="kl", **SMALL)
+    assert gen.density_floor == pytest.approx(1e-3 * (2 * math.pi) ** -4, rel=1e-12)  # 1e-3 x N(0, I_8) peak
+    assert GENModule(SHAPE, 8, bandwidth=0.5, objective="kl", eps=0.5, **SMALL).density_floor == 0.5
+    gen.bank.fill(torch.randn(50, 8, generator=torch.Generator().manual_seed(0)))
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(gen.jsd_term(z), gen_jsd_term(z, gen.bank.latents(), StandardNormal(8), 0.5, "kl",
+                                                             eps=1e-3 * (2 * math.pi) ** -4))
+    assert math.isnan(float(gen.jsd_term(torch.full((4, 8), math.nan))))

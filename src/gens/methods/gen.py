@@ -8,9 +8,10 @@ The JSD term depends on the encoder only (the bank is detached), so one Adam ste
 exactly Algorithm 1's two updates: the encoder gets recon + lam * J, the decoder recon alone.
 
 - ``objective``: ``"literal"`` (eq. 3: log[p_e / (p_e + p_t)], unbounded below: a latent beyond the
-  bank's reach is pushed further out), ``"nonsaturating"`` (-log[p_t / (p_e + p_t)], same stationary
-  point, bounded pull back; the default), ``"kl"`` (log(p_e + eps) - log(p_t + eps)). See
-  ``gens.divergence.gen_jsd_term``.
+  bank's reach is pushed further out, ever harder), ``"nonsaturating"`` (-log[p_t / (p_e + p_t)], same
+  stationary point; its push vanishes where p_e << p_t and it pulls back hard where p_e > p_t; the
+  default), ``"kl"`` (log(p_e + eps) - log(p_t + eps), eps = ``eps`` or 1e-3 times the target's peak
+  density). See ``gens.divergence.gen_jsd_term``.
 - ``lam`` weighs J against the per-pixel mean squared error, so its meaning does not depend on the
   image size (the paper's lambda multiplies a per-image sum).
 - The bank (``gens.bank.LatentBank``): ``"refresh"`` (the paper) re-encodes m training samples without
@@ -103,9 +104,18 @@ class GENModule(BaseAutoencoder):
         bank = self.bank.latents()
         if len(bank) < 2 or not math.isfinite(float(self.bandwidth_h)):
             return z.sum() * 0.0
-        kw = {} if self.eps is None else {"eps": self.eps}
-        j = gen_jsd_term(z, bank.to(z), self.target, float(self.bandwidth_h), form=self.objective, **kw)
-        return j.mean() if j.ndim else j
+        if not bool(torch.isfinite(z).all()):  # a NaN loss, so that DivergenceGuard reports it
+            return z.sum() * math.nan
+        return gen_jsd_term(z, bank.to(z), self.target, float(self.bandwidth_h), form=self.objective,
+                            eps=self.density_floor)
+
+    @property
+    def density_floor(self) -> float:
+        """eps of the "kl" form: ``eps`` if given, else 1e-3 times the target's largest density at a mode
+        (a fixed 1e-3 would exceed N(0, I_8)'s peak density 6.4e-4 and flatten the target term)."""
+        if self.eps is None:
+            self.eps = 1e-3 * math.exp(float(self.target.log_prob(self.target.means).max()))
+        return self.eps
 
     def losses(self, x, training: bool = True):
         z = self.encode(x)
