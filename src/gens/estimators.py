@@ -129,7 +129,7 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         for name in self._module_params:
             value = getattr(self, name)
             if value is not None:
-                kw[name] = value
+                kw[name] = [int(h) for h in np.atleast_1d(value)] if name == "disc_hidden" else value
         if getattr(self, "target", None) is not None:
             kw["target_spec"] = _target_spec(self.target, self.latent_dim)
         if "bank_size" in kw:  # m is capped at the training samples (h_opt is computed for that m)
@@ -384,17 +384,19 @@ class VAE(_GensEstimator):
 
 
 class AAE(_GensEstimator):
-    """Adversarial autoencoder: a latent discriminator against samples of ``target``, weighted by ``lam``."""
+    """Adversarial autoencoder: a latent discriminator (hidden widths ``disc_hidden``) against samples of
+    ``target``, weighted by ``lam``."""
 
     _method = "aae"
-    _module_params = ("lam",)
+    _module_params = ("lam", "disc_hidden")
 
-    def __init__(self, latent_dim=8, *, lam=None, target=None, max_epochs=12, batch_size=100, lr=2e-4,
-                 hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0, accelerator="cpu",
-                 random_state=None, verbose=False):
+    def __init__(self, latent_dim=8, *, lam=None, target=None, disc_hidden=(1000, 1000), max_epochs=12,
+                 batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0,
+                 accelerator="cpu", random_state=None, verbose=False):
         self.latent_dim = latent_dim
         self.lam = lam
         self.target = target
+        self.disc_hidden = disc_hidden
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
