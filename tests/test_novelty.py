@@ -267,7 +267,8 @@ def test_cli_one_class_table_matches_saved_scores(tmp_path, capsys):
     assert _cli(["--one-class", "--data", "digits", "--digits", "1", "--method", "ae", "--epochs", "3",
                  "--hidden", "32", "--latent-dim", "3", "--device", "cpu", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| class | train images | eq. 10 | eq. 10, per-pixel sigma | reconstruction | latent only |" in text
+    assert ("| class | train images | eq. 10 | eq. 10, per-pixel sigma | reconstruction | latent only | "
+            "in-manifold only |") in text
     assert "| mean |" in text
     saved = json.loads((out / "one_class.json").read_text())
     row = saved["rows"][0]
@@ -277,6 +278,7 @@ def test_cli_one_class_table_matches_saved_scores(tmp_path, capsys):
     assert row["eq10"] == pytest.approx(roc_auc_score(novel, scores["score"]), abs=1e-4)
     assert row["recon"] == pytest.approx(roc_auc_score(novel, scores["recon_error"]), abs=1e-4)
     assert row["latent"] == pytest.approx(roc_auc_score(novel, -scores["log_pz"]), abs=1e-4)
+    assert row["manifold"] == pytest.approx(roc_auc_score(novel, scores["log_det"] - scores["log_pz"]), abs=1e-4)
     assert f"| 1 | {row['n_train']} | {row['eq10']:.4f} | {row['eq10_pixel']:.4f} | {row['recon']:.4f} |" in text
     assert (out / "novelty_1.png").is_file()
 

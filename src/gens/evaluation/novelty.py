@@ -267,9 +267,10 @@ def one_class_protocol(data_source, digit: int, method: str = "gen", epochs: int
 
     Train ``method`` on the training images of class ``digit`` only, fit the noise variance on their
     residuals, score the whole test split and compute the AUROC (novel = any other class, positive) of
-    four scores from the same model: ``eq10`` (-log p(x), eq. 10 with sigma^2 I), ``eq10_pixel`` (eq. 10
-    with per-pixel variances, beyond the paper), ``recon`` (reconstruction MSE) and ``latent``
-    (-log p(z'), the latent density alone).
+    five scores from the same model: ``eq10`` (-log p(x), eq. 10 with sigma^2 I), ``eq10_pixel`` (eq. 10
+    with per-pixel variances, beyond the paper), ``recon`` (reconstruction MSE), ``latent`` (-log p(z'),
+    the latent density alone) and ``manifold`` (-[log p(z') - 1/2 log det J^T J], the in-manifold
+    density of eq. 10 without the off-manifold term).
 
     data_source: a labelled source for ``gens.data.load_dataset`` ("mnist:DIR", "digits", ...).
     train_limit / test_limit: use only the first N images of each split (before selecting the class).
@@ -315,7 +316,8 @@ def one_class_protocol(data_source, digit: int, method: str = "gen", epochs: int
     score_seconds = time.perf_counter() - start
     novel = (y_test != digit).astype(int)
     scores = {"eq10": parts["score"], "eq10_pixel": -(parts["log_pz"] - parts["log_det"] + log_noise_pixel),
-              "recon": parts["recon_error"], "latent": -parts["log_pz"]}
+              "recon": parts["recon_error"], "latent": -parts["log_pz"],
+              "manifold": parts["log_det"] - parts["log_pz"]}
     return {"digit": digit, "method": method, "n_train": int(len(inliers)), "n_test": int(len(x_test)),
             "sigma2": sigma2, "auroc": {k: float(roc_auc_score(novel, v)) for k, v in scores.items()},
             "parts": parts, "labels": y_test, "train_seconds": train_seconds, "score_seconds": score_seconds}
