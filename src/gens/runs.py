@@ -276,7 +276,8 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, ca
     cfg = {**cfg, **info}
     write_json(out / "config.json", cfg)
 
-    batches = math.ceil(dm.n_train / cfg["batch_size"])
+    procs = cfg["devices"] * cfg["num_nodes"] if isinstance(cfg["devices"], int) else 1
+    batches = math.ceil(dm.n_train / (cfg["batch_size"] * procs))  # per process and epoch
     cbs = [ResumeCallback(cfg["seed"], sampler=dm.train_sampler, batch_size=cfg["batch_size"]), DivergenceGuard(),
            _last_checkpoint_callback(last, cfg["checkpoint_every"]), *callbacks]
     if dm.n_val > 0:

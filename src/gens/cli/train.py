@@ -119,6 +119,9 @@ def run(args) -> int:
     else:
         cfg = resolve_config(opts)
         out = Path(args.out) if args.out else default_out(cfg)
+        if not args.out and os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("GENS_TRAIN_OUT"):
+            out = Path(os.environ["GENS_TRAIN_OUT"])  # a DDP worker process: the folder rank 0 chose
+        os.environ["GENS_TRAIN_OUT"] = str(out)  # inherited by the worker processes Lightning launches
         if (out / "checkpoints" / "last.ckpt").exists():
             raise ValueError(f"out: {out} already holds a run; continue it with --resume {out} or choose another --out")
     summary = train_run(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
