@@ -118,6 +118,16 @@ def test_read_metrics_csv_keeps_set_values(tmp_path):
     np.testing.assert_array_equal(series["train/recon"][0], [9, 19, 29])
 
 
+def test_read_metrics_csv_resumed_run_keeps_last_value_per_step(tmp_path):
+    path = _write_metrics(tmp_path / "metrics.csv")
+    with open(path, "a") as f:  # a resumed run logs steps 29 and 39 again after those of the first process
+        f.write("1,29,0.21,0.16,,\n1,39,,,0.11,0.19\n")
+    series = plots.read_metrics_csv(path)
+    np.testing.assert_array_equal(series["train/recon"][0], [9, 19, 29])
+    np.testing.assert_allclose(series["train/recon"][1], [0.4, 0.25, 0.16])
+    np.testing.assert_allclose(series["val/recon"][1], [0.22, 0.11])
+
+
 def test_loss_curves_writes_png(tmp_path):
     path = plots.loss_curves(_write_metrics(tmp_path / "metrics.csv"), tmp_path / "losses.png")
     img = mpimg.imread(path)

@@ -221,10 +221,12 @@ def read_metrics_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read a Lightning CSVLogger metrics.csv: {column: (steps, values)} over the rows where it is set.
 
     The ``step`` column gives the x values (row index if absent); ``epoch`` and ``step`` are not returned.
+    A step logged twice (a resumed run repeats the steps after its last checkpoint) keeps its last value;
+    steps come out sorted.
     """
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    out: dict[str, tuple[list, list]] = {}
+    out: dict[str, dict[float, float]] = {}
     for i, row in enumerate(rows):
         step = _to_float(row.get("step"))
         step = float(i) if step is None else step
@@ -233,10 +235,8 @@ def read_metrics_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 continue
             v = _to_float(value)
             if v is not None:
-                out.setdefault(key, ([], []))
-                out[key][0].append(step)
-                out[key][1].append(v)
-    return {k: (np.asarray(s), np.asarray(v)) for k, (s, v) in out.items()}
+                out.setdefault(key, {})[step] = v
+    return {k: (np.asarray(sorted(d)), np.asarray([d[s] for s in sorted(d)])) for k, d in out.items()}
 
 
 def _to_float(value) -> float | None:
