@@ -99,9 +99,8 @@ class SemiSupervisedGENModule(GENModule):
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
                  bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
                  eps: float | None = None, n_modes: int | None = None, mode_scale: float = 6.0,
-                 sup_weight: float = 1.0,
-                 supervision: str = "ce", labelled_batch: int = 100, n_labels: int | None = None,
-                 label_seed: int = 0):
+                 sup_weight: float = 1.0, supervision: str = "ce", labelled_batch: int = 100,
+                 n_labels: int | None = None, label_seed: int = 0):
         given = n_modes is not None
         n_modes = check_int("n_modes", DEFAULT_MODES if n_modes is None else n_modes, minimum=2)
         mode_scale = check_float("mode_scale", mode_scale, minimum=0.0, min_inclusive=False)
@@ -145,7 +144,9 @@ class SemiSupervisedGENModule(GENModule):
 
     # ---- the loss -----------------------------------------------------------------------------------
     def supervised_term(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """S(z, y) of labelled latents z: (n, l), labels y: (n,) in 0..K-1 -> scalar (module docstring)."""
+        """S(z, y) of labelled latents z: (n, l), labels y: (n,) in 0..K-1 -> scalar (module docstring).
+
+        Not an equation of the paper: Sec. 5.4 says only that a small labelled set maps samples to their mode."""
         logits = self.component_logits(z)
         if self.supervision == "ce":
             return F.cross_entropy(logits, y)
