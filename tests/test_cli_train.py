@@ -32,6 +32,15 @@ def _grid_px(n, nrow, side=8, pad=1, scale=4):
     return ((rows * (side + pad) + pad) * scale, (nrow * (side + pad) + pad) * scale)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: one intra-op thread is as fast and avoids spinning threads on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
