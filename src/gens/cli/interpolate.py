@@ -13,15 +13,18 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
+    import argparse
+
+    S = argparse.SUPPRESS  # no "(default: None)" in --help; read with getattr
     p.add_argument("run", metavar="RUN", help="run folder written by `gens train`")
     p.add_argument("--mode", default="random", choices=["random", "test"], help="endpoints")
     p.add_argument("--pairs", type=int, default=8, help="number of pairs (rows)")
     p.add_argument("--steps", type=int, default=10, help="points per line, endpoints included")
-    p.add_argument("--data", default=None, help="data source for --mode test (default: the run's)")
+    p.add_argument("--data", default=S, help="data source for --mode test (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="seed choosing the pairs")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/interpolate-<mode>.png)")
+    p.add_argument("--out", default=S, help="PNG path (default: RUN/interpolate-<mode>.png)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint")
-    p.add_argument("--npy", action="store_true", help="also save the decoded grid (pairs, steps, ...) as .npy")
+    p.add_argument("--npy", action="store_true", default=S, help="also save the decoded grid (pairs, steps, ...) as .npy")
 
 
 def interpolate(module, z_a, z_b, steps: int):
@@ -54,7 +57,7 @@ def run(args) -> int:
         x = interpolate(module, z[:pairs], z[pairs:], steps)
         ends = None
     else:
-        data, _ = run_split(cfg, "test", data=args.data)
+        data, _ = run_split(cfg, "test", data=getattr(args, "data", None))
         if len(data) < 2:
             raise ValueError("data: the test split needs at least 2 samples to pick pairs")
         idx = torch.randperm(len(data), generator=gen)[: 2 * pairs]
@@ -71,10 +74,10 @@ def run(args) -> int:
     if ends is not None:  # originals at both ends of every row
         a, b = (as_images(e, shape)[:, None] for e in ends)
         grid = np.concatenate([a, grid, b], axis=1)
-    out = Path(args.out) if args.out else Path(args.run) / f"interpolate-{args.mode}.png"
+    out = Path(getattr(args, "out", None)) if getattr(args, "out", None) else Path(args.run) / f"interpolate-{args.mode}.png"
     plots.interpolation_grid(grid, out, scale=image_scale(shape))
     print(f"wrote {out}")
-    if args.npy:
+    if getattr(args, "npy", False):
         np.save(out.with_suffix(".npy"), x.numpy())
         print(f"wrote {out.with_suffix('.npy')}")
     return 0

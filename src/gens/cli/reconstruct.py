@@ -12,13 +12,16 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
+    import argparse
+
+    S = argparse.SUPPRESS  # no "(default: None)" in --help; read with getattr
     p.add_argument("run", metavar="RUN", help="run folder written by `gens train`")
-    p.add_argument("--data", default=None, help="data source (default: the run's)")
+    p.add_argument("--data", default=S, help="data source (default: the run's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split")
     p.add_argument("-n", type=int, default=32, help="number of images shown")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/reconstruct-<split>.png)")
+    p.add_argument("--out", default=S, help="PNG path (default: RUN/reconstruct-<split>.png)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint")
-    p.add_argument("--npy", action="store_true", help="also save all reconstructions of the split as .npy")
+    p.add_argument("--npy", action="store_true", default=S, help="also save all reconstructions of the split as .npy")
 
 
 def run(args) -> int:
@@ -31,14 +34,14 @@ def run(args) -> int:
 
     n = check_int("n", args.n, minimum=1)
     module, cfg = load_run(args.run, args.checkpoint)
-    x, _ = run_split(cfg, args.split, data=args.data)
+    x, _ = run_split(cfg, args.split, data=getattr(args, "data", None))
     shape = tuple(cfg["data_shape"])
     if tuple(x.shape[1:]) != shape:
         raise ValueError(f"data: samples of shape {tuple(x.shape[1:])} do not fit a model trained on {shape}")
     with torch.no_grad():
         recon = torch.cat([module.reconstruct(c).float() for c in x.split(1000)])
     mse = float(((recon - x) ** 2).mean())
-    out = Path(args.out) if args.out else Path(args.run) / f"reconstruct-{args.split}.png"
+    out = Path(getattr(args, "out", None)) if getattr(args, "out", None) else Path(args.run) / f"reconstruct-{args.split}.png"
     xi, ri = as_images(x[:n], shape), as_images(recon[:n], shape)
     if xi is None:
         raise ValueError(f"run: data of shape {shape} are not images; use --npy to save the reconstructions")
@@ -46,7 +49,7 @@ def run(args) -> int:
     plots.image_grid(np.concatenate(rows), out, nrow=min(8, len(xi)), scale=image_scale(shape))
     print(f"{args.split} reconstruction MSE per pixel ({len(x)} samples): {mse:.5f}")
     print(f"wrote {out}")
-    if args.npy:
+    if getattr(args, "npy", False):
         np.save(out.with_suffix(".npy"), recon.numpy())
         print(f"wrote {out.with_suffix('.npy')}")
     return 0
