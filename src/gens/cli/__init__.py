@@ -23,6 +23,7 @@ COMMANDS = (
     "reconstruct",
     "interpolate",
     "novelty",
+    "evaluate",
 )
 
 
