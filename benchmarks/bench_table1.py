@@ -3,8 +3,8 @@
     python benchmarks/bench_table1.py                     # root and fixed point, 10 trials each
     python benchmarks/bench_table1.py --independent       # separate z' and z'' sets (twice the work)
 
-Prints h_opt +- sd, the paper's value and the seconds each estimate took (nothing is cached), with
-the machine's load average, since other processes on a shared machine change the timings a lot.
+Prints h_opt +- sd, the paper's value, and the wall and CPU seconds each estimate took (nothing is
+cached), with the machine's load average: on a shared machine other processes stretch the wall time.
 The whole of Table 1 is ``gens bandwidth --table --no-cache``.
 """
 
@@ -31,12 +31,12 @@ def main() -> None:
     print(f"l={args.dim} m={args.samples} trials={args.trials} independent={args.independent} "
           f"threads={args.threads} cpus={os.cpu_count()} load average at start={os.getloadavg()[0]:.1f}")
     for method in args.methods:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         r = optimal_bandwidth_normal(args.dim, args.samples, trials=args.trials, method=method, cache=False,
                                      warn=False, independent=args.independent, num_threads=args.threads)
-        wall = time.perf_counter() - start
-        print(f"{method:12s} h_opt = {r.h:.4f} +- {r.std:.4f}  (paper {paper})  {wall:.1f} s  "
-              f"load average now {os.getloadavg()[0]:.1f}", flush=True)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        print(f"{method:12s} h_opt = {r.h:.4f} +- {r.std:.4f}  (paper {paper})  wall {wall:.1f} s, "
+              f"CPU {cpu:.1f} s, load average now {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":
