@@ -103,6 +103,8 @@ def run_one(job: dict) -> dict:
     from gens.training import TrainingDiverged, encode_all, train
 
     row = {"config": job["config"], "epochs": job["epochs"], "seed": job["seed"], "status": "ok", "message": ""}
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
     try:
         method, kwargs = parse_config(job["config"])
         timer = EpochTimer()
@@ -182,12 +184,13 @@ def main(argv=None) -> int:
     p.add_argument("--ns", nargs="+", type=int, default=[1000, 2000, 5000, 10000], help="entropy sample sizes")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (spawned processes)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per training (CPU)")
     p.add_argument("--out", default=None, help="CSV file the rows are appended to")
     args = p.parse_args(argv)
     for c in args.configs:
         parse_config(c)  # fail early on a malformed config
     jobs = [dict(config=c, epochs=e, seed=s, data=args.data, latent_dim=args.latent_dim, batch_size=args.batch_size,
-                 limit=args.limit, ns=sorted(args.ns), accelerator=args.accelerator)
+                 limit=args.limit, ns=sorted(args.ns), accelerator=args.accelerator, threads=args.threads)
             for e in args.epochs for c in args.configs for s in args.seeds]
 
     import torch
