@@ -187,3 +187,23 @@ def test_plots_write_pngs(quick, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         img = mpimg.imread(path)
         assert img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_cli_quick_writes_json_and_pngs(tmp_path, monkeypatch, capsys):
+    import json
+
+    from gens.cli import main
+
+    monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path / "cache"))  # h_opt(2, 200) computed and cached here
+    out = tmp_path / "fig1"
+    assert main(["evaluate", "correlation", "--quick", "--no-line", "--max-epochs", "40", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| l \\ m | 200 |" in text
+    payload = json.loads((out / "correlation.json").read_text())
+    grid = CorrelationResults.from_dict(payload["grid"])
+    assert grid.dims == [2] and grid.sizes == [200] and len(grid.separations) == 3
+    assert 0.3 < grid.cell(2, 200)["h"] < 0.6  # Table 1: h_opt(2, 250) = 0.46 +- 0.08
+    assert np.asarray(grid.cell(2, 200)["kde"]).shape == (3, 2) and "line" not in payload
+    assert not (out / "fig1_line.png").exists()
+    for name in ("fig1_grid.png", "fig1_examples.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -184,3 +184,26 @@ def test_standard_normal_5000_matches_paper():
     H, h = latent_entropy(_normal(5000, 8, 5000), return_bandwidth=True, tol=1e-4)  # H error O(tol^2)
     assert abs(H - 11.575) < 0.04
     assert 0.5 < h < 0.65
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def test_cli_entropy_on_saved_latents(tmp_path, capsys):
+    import json
+
+    from gens.cli import main
+
+    z = _correlated(400, 3, 11)
+    np.save(tmp_path / "z.npy", z.numpy())
+    out = tmp_path / "h.json"
+    assert main(["evaluate", "entropy", "--latents", str(tmp_path / "z.npy"), "--samples", "400", "--json",
+                 str(out)]) == 0
+    assert "| 400 |" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["rows"][0]["encoded"] == [pytest.approx(latent_entropy(z), rel=1e-9)]
+    # a correlated Gaussian whitens to N(0, I): the two columns agree to sampling noise
+    assert res["rows"][0]["normal"][0] == pytest.approx(res["rows"][0]["encoded"][0], abs=0.1)
+    assert main(["evaluate", "entropy", "--latents", str(tmp_path / "z.npy"), "--samples", "401"]) == 2
+    assert "samples: at most 400" in capsys.readouterr().err
+    assert main(["evaluate", "entropy"]) == 2
+    assert "run: give a run folder" in capsys.readouterr().err

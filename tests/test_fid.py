@@ -189,3 +189,70 @@ def test_domain_features_need_labels(tmp_path):
     np.save(path, np.zeros((20, 8, 8), dtype=np.uint8))
     with pytest.raises(ValueError, match="^source: .* no labels"):
         domain_classifier(str(path), cache_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- CLI on a run folder
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from gens.runs import resolve_config, train_run
+
+    run = tmp_path_factory.mktemp("run") / "ae"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(resolve_config({"method": "ae", "data": "digits", "epochs": 1, "hidden": [16], "latent_dim": 3}),
+                  run, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+def test_cli_fid_on_a_run(tiny_run, digits_cache, tmp_path, capsys):
+    import json
+
+    from gens.cli import main
+    from gens.data import load_dataset
+    from gens.runs import load_run
+
+    cache, _, _ = digits_cache
+    out = tmp_path / "fid.json"
+    assert main(["evaluate", "fid", str(tiny_run), "--n", "150", "--cache-dir", str(cache),
+                 "--classifier-epochs", "20", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "cached" in text and "generated vs test" in text
+    res = json.loads(out.read_text())
+    # recompute: the same 150 generated samples (seed 0) and the first 150 test images
+    module, _ = load_run(tiny_run)
+    with torch.no_grad():
+        fake = module.sample(150, generator=torch.Generator().manual_seed(0)).float().clamp(0, 1)
+    real = torch.as_tensor(load_dataset("digits", "test")[0][:150])
+    kw = dict(cache_dir=cache, epochs=20)
+    expected = fid_from_features(domain_features(real, "digits", **kw), domain_features(fake, "digits", **kw))
+    assert res["fid"] == pytest.approx(expected, rel=1e-6)
+    assert 0 < res["fid_train_vs_test"] < res["fid"]  # a 1-epoch AE's samples are far from real digits
+    with pytest.raises(ValueError, match="^inception_weights: "):
+        from gens.cli.evaluate import _fid, add_arguments  # noqa: F401
+        import argparse
+
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        _fid(p.parse_args(["fid", str(tiny_run), "--features", "inception"]))
+
+
+def test_cli_entropy_on_a_run(tiny_run, capsys):
+    import json
+
+    from gens.cli import main
+    from gens.evaluation.entropy import latent_entropy
+    from gens.runs import load_run, run_split
+    from gens.training import encode_all
+
+    out = tiny_run / "entropy.json"
+    assert main(["evaluate", "entropy", str(tiny_run), "--samples", "360", "--json", str(out)]) == 0
+    assert "| 360 |" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    module, cfg = load_run(tiny_run)
+    z = encode_all(module.eval(), run_split(cfg, "test")[0]).double()
+    assert res["rows"][0]["encoded"][0] == pytest.approx(latent_entropy(z), rel=1e-9)
+    assert res["latent_dim"] == 3 and res["rows"][0]["normal"][0] > res["rows"][0]["encoded"][0]

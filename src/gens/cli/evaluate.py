@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint of RUN")
     f.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     f.add_argument("--cache-dir", default=None, help="classifier cache (default: $GENS_CACHE_DIR or ~/.cache/gens)")
+    f.add_argument("--classifier-epochs", type=int, default=None,
+                   help="domain classifier epochs (default: >= 5 epochs and >= 2000 steps)")
     f.add_argument("--no-baseline", action="store_true", help="skip the real-vs-real FID (training vs test images)")
     f.add_argument("--batch-size", type=int, default=50, help="images per feature batch (Inception)")
     f.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -167,11 +169,12 @@ def _fid(args) -> int:
         model = F.load_inception(args.inception_weights)
         feats = lambda x: F.inception_features(x, model, batch_size=args.batch_size)  # noqa: E731
     else:
-        _, info = F.domain_classifier(source, cache_dir=args.cache_dir, progress=print)
+        kw = {"cache_dir": args.cache_dir, "epochs": args.classifier_epochs}
+        _, info = F.domain_classifier(source, progress=print, **kw)
         acc = info.get("test_accuracy")
         print(f"domain classifier: {info['cache']} ({'cached' if info['cached'] else 'trained'}; test accuracy "
               f"{'n/a' if acc is None else f'{acc:.4f}'})")
-        feats = lambda x: F.domain_features(x, source, cache_dir=args.cache_dir)  # noqa: E731
+        feats = lambda x: F.domain_features(x, source, **kw)  # noqa: E731
     f_real = feats(real)
     out = {"run": str(args.run), "features": args.features, "n": n, "fid": F.fid_from_features(f_real, feats(fake))}
     print(f"FID ({args.features} features, n = {n}): generated vs test = {out['fid']:.3f}")

@@ -393,7 +393,7 @@ def _train_loop(x, y, n_classes, epochs, seed, progress):
             opt.step()
         model.eval()
         acc = _accuracy(model, xv, yv)
-        if progress:
+        if progress and ((epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs):
             progress(f"domain classifier epoch {epoch + 1}/{epochs}: held-out accuracy {acc:.4f}")
     return model.eval(), {"val_accuracy": acc, "epochs": epochs, "seed": seed, "n_classes": n_classes}
 
