@@ -152,3 +152,35 @@ def test_validation_errors():
             corrected_bandwidth(h)
     with pytest.raises(ValueError, match="^hs:"):
         jsd_curve(t, 10, [0.0])
+
+
+def test_cli_single_estimate(capsys):
+    from gens.cli import main
+
+    assert main(["bandwidth", "--dim", "2", "--samples", "120", "--trials", "2", "--no-cache", "--corrected"]) == 0
+    out = capsys.readouterr().out
+    want = optimal_bandwidth_normal(2, 120, trials=2, cache=False)
+    assert f"h_opt = {want.h:.3f} +- {want.std:.3f}" in out and f"h_corr = {want.corrected:.3f}" in out
+    assert main(["bandwidth", "--dim", "2", "--samples", "120", "--trials", "2", "--target", "mog:3:4"]) == 0
+    assert main(["bandwidth", "--dim", "2", "--samples", "1"]) == 2
+    assert "samples:" in capsys.readouterr().err
+    assert main(["bandwidth", "--dim", "2", "--samples", "50", "--target", "mog:x"]) == 2
+    assert "target:" in capsys.readouterr().err
+
+
+def test_cli_table_format(capsys, monkeypatch):
+    import gens.cli.bandwidth as cli
+    from gens.cli import main
+
+    monkeypatch.setattr(cli, "TABLE_DIMS", (2, 40))
+    monkeypatch.setattr(cli, "TABLE_SAMPLES", (250,))
+    code = main(["bandwidth", "--table", "--trials", "2"])
+    out = capsys.readouterr().out
+    assert "| l \\ m | 250 |" in out
+    row2 = next(line for line in out.splitlines() if line.startswith("| 2 |"))
+    row40 = next(line for line in out.splitlines() if line.startswith("| 40 |"))
+    assert "/ 0.46±0.08" in row2 and ">1.0" in row40
+    r = optimal_bandwidth_normal(2, 250, trials=2)  # now cached by the table run
+    assert f"{r.h:.2f}±{r.std:.2f}" in row2
+    ok = abs(r.h - 0.46) <= 0.08 + 0.03
+    assert ("✓" in row2) == ok and code == (0 if ok and "✓" in row40 else 1)
