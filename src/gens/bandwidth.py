@@ -49,7 +49,7 @@ __all__ = [
 METHODS = ("root", "fixed_point")
 PROTOCOL = 2  # bump when the estimate changes, so stale cache entries are not reused
 H_MIN, H_MAX = 0.01, 4.0
-_STORE_BUDGET = 2**26  # float32 distances kept per query set (256 MiB); beyond it they are recomputed
+_STORE_BUDGET = 2**27  # float32 distances kept per query set (512 MiB: m = 10K fits); beyond it, recomputed
 _BLOCK = 2**18  # elements per block of a pass (1 MiB of float32)
 
 
