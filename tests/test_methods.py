@@ -46,7 +46,7 @@ class _LossRecorder(L.Callback):
         self.recons.append(float(trainer.callback_metrics["train/recon"]))
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", ["ae", "aae", "gen", "vae", "wae"])
 def test_each_method_trains_loss_decreases_and_stays_finite(method, digits):
     L.seed_everything(0, verbose=False)
     kw = {"gen": GEN_SMALL, "aae": dict(SMALL, disc_hidden=[32, 32])}.get(method, SMALL)
