@@ -20,6 +20,8 @@ _LAZY = {
     "StandardNormal": "gens.targets",
     "Gaussian": "gens.targets",
     "GaussianMixture": "gens.targets",
+    "mixture_on_simplex": "gens.targets",
+    "target_from_spec": "gens.targets",
     # estimators of the paper's equations
     "kde_log_density": "gens.kde",
     "kde_log_density_loo": "gens.kde",
@@ -27,6 +29,7 @@ _LAZY = {
     "gen_jsd_term": "gens.divergence",
     "optimal_bandwidth": "gens.bandwidth",
     "corrected_bandwidth": "gens.bandwidth",
+    "BandwidthResult": "gens.bandwidth",
     # data
     "load_dataset": "gens.data",
     "GensDataModule": "gens.data",
@@ -36,6 +39,7 @@ _LAZY = {
     "VAE": "gens.estimators",
     "AAE": "gens.estimators",
     "WAE": "gens.estimators",
+    "SemiSupervisedGEN": "gens.estimators",
     "SemiSupervisedGEN": "gens.estimators",
 }
 
