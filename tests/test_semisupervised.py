@@ -230,14 +230,14 @@ def test_fig3_projection_and_png(tmp_path):
 
 
 def test_runner_cli_prints_a_markdown_row(tmp_path, capsys):
-    """The protocol end to end on digits (2 epochs, tiny nets): the row's numbers are the JSON's."""
+    """The protocol end to end on digits (1 epoch, tiny nets): the row's numbers are the JSON's."""
     log = tmp_path / "res.jsonl"
-    assert main(["--data", "digits", "--labels", "50", "--unlabelled", "450", "--epochs", "2", "--hidden", "16",
+    assert main(["--data", "digits", "--labels", "50", "--unlabelled", "450", "--epochs", "1", "--hidden", "16",
                  "--bandwidth", "0.6", "--bank-size", "200", "--limit-test", "200", "--accelerator", "cpu",
                  "--figure", str(tmp_path / "f.png"), "--json", str(log)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     res = json.loads(log.read_text())
-    assert lines[0].startswith("| data | labels |") and lines[-1].startswith("| digits | 50 | 450 | 8 | 2 | 0 |")
+    assert lines[0].startswith("| data | labels |") and lines[-1].startswith("| digits | 50 | 450 | 8 | 1 | 0 |")
     assert f"{res['test_accuracy']:.4f}" in lines[-1]
     assert res["n_labels"] == 50 and res["n_unlabelled"] == 450 and 0.0 <= res["test_accuracy"] <= 1.0
     assert res["test_error"] == pytest.approx(1 - res["test_accuracy"])
@@ -252,7 +252,7 @@ def test_gens_train_cli_target_mog_modes_labels(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert gens_main(["train", "--data", "digits", "--target", "mog", "--modes", "10", "--labels", "50",
-                      "--latent-dim", "2", "--epochs", "2", "--hidden", "16", "--bandwidth", "0.6", "--bank-size",
+                      "--latent-dim", "2", "--epochs", "1", "--hidden", "16", "--bandwidth", "0.6", "--bank-size",
                       "200", "--limit", "300", "--accelerator", "cpu", "--no-progress", "--out", str(out)]) == 0
     assert "accuracy (most probable component vs label)" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())

@@ -214,7 +214,7 @@ def fig3(z, labels, target, path, title: str | None = None) -> Path:
     a = mode_projection(means)
     if z.shape[1] != 2:
         z, means, covs = z @ a.T, means @ a.T, np.einsum("ij,kjl,ml->kim", a, covs, a)
-        title = (title + "\n" if title else "") + f"l={target.dim} latents mapped linearly onto the plane of the modes"
+        title = (title + "\n" if title else "") + f"linear map of the l={target.dim} latents onto the modes' plane"
     return plots.latent_scatter(z, path, labels=np.asarray(labels), weights=target.weights.numpy(), means=means,
                                 covs=covs, title=title)
 
