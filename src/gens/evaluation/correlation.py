@@ -357,8 +357,9 @@ def plot_grid(results: CorrelationResults, path, alpha: float = 0.05) -> Path:
     plt = _pyplot()
     dims, sizes = results.dims, results.sizes
     diff = np.array([[results.cell(l, m)["r"]["kde"] - results.cell(l, m)["r"]["nn"] for m in sizes] for l in dims])
-    fig, ax = plt.subplots(figsize=(1.7 * len(sizes) + 1.5, 0.8 * len(dims) + 1.5))
-    ax.imshow(np.nan_to_num(diff), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    fig, ax = plt.subplots(figsize=(1.7 * len(sizes) + 3.0, 0.8 * len(dims) + 1.5))
+    im = ax.imshow(np.nan_to_num(diff), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    fig.colorbar(im, ax=ax, label="r_KDE - r_NN")
     for i, l in enumerate(dims):
         for j, m in enumerate(sizes):
             c = results.cell(l, m)
