@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        formatter_class=fmt)
     e.add_argument("run", nargs="?", metavar="RUN", help="run folder written by `gens train`")
     e.add_argument("--latents", default=None, help="a (n, l) .npy of latents to score instead of RUN")
-    e.add_argument("--samples", type=int, nargs="+", default=[1000], help="sample sizes m (Table 2: 1000 2000 5000 10000)")
+    e.add_argument("--samples", type=int, nargs="+", default=[1000],
+                   help="sample sizes m (Table 2: 1000 2000 5000 10000)")
     e.add_argument("--trials", type=int, default=1, help="random subsets (and normal samples) per size: mean +- sd")
     e.add_argument("--data", default=None, help="data source to encode (default: the run's)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to encode")
@@ -38,10 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f = sub.add_parser("fid", help="FID of a run's samples against test images", formatter_class=fmt)
     f.add_argument("run", metavar="RUN", help="run folder written by `gens train`")
     f.add_argument("--features", default="domain", choices=["domain", "inception"],
-                   help="domain: a CNN classifier trained on the run's labelled data (cached); inception: FID Inception-v3")
-    f.add_argument("--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth (for --features inception)")
+                   help="domain: a CNN classifier trained on the run's labelled data (cached); "
+                   "inception: the FID Inception-v3")
+    f.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (for --features inception)")
     f.add_argument("--n", type=int, default=10000, help="samples and test images (capped at the test split)")
-    f.add_argument("--data", default=None, help="data source of the real images and the classifier (default: the run's)")
+    f.add_argument("--data", default=None,
+                   help="data source of the real images and the classifier (default: the run's)")
     f.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint of RUN")
     f.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     f.add_argument("--cache-dir", default=None, help="classifier cache (default: $GENS_CACHE_DIR or ~/.cache/gens)")
