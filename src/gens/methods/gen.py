@@ -12,6 +12,9 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * J, the decoder
   stationary point; its push vanishes where p_e << p_t and it pulls back hard where p_e > p_t; the
   default), ``"kl"`` (log(p_e + eps) - log(p_t + eps), eps = ``eps`` or 1e-3 times the target's peak
   density). See ``gens.divergence.gen_jsd_term``.
+- ``query_noise=True`` evaluates J at z' + h * eps, eps ~ N(0, I) (training only): the term of the
+  kernel-smoothed latents q * G_h, whose density the bank's KDE estimates. For the literal form this is the
+  gradient of the JSD between q * G_h and p_t with the bank held fixed; the stationary point is unchanged.
 - ``lam`` weighs J against the per-pixel mean squared error, so its meaning does not depend on the
   image size (the paper's lambda multiplies a per-image sum).
 - The bank (``gens.bank.LatentBank``): ``"refresh"`` (the paper) re-encodes m training samples without
@@ -52,8 +55,9 @@ class GENModule(BaseAutoencoder):
                  betas=(0.5, 0.999), target_spec=None, bandwidth=None, bandwidth_correction: bool = False,
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
                  bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
-                 eps: float | None = None):
+                 eps: float | None = None, query_noise: bool = False):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)
+        self.query_noise = bool(query_noise)
         self.target = make_target(target_spec, self.latent_dim)
         self.lam = check_float("lam", lam, minimum=0.0)
         self.objective = check_choice("objective", objective, OBJECTIVES)
@@ -106,8 +110,10 @@ class GENModule(BaseAutoencoder):
             return z.sum() * 0.0
         if not bool(torch.isfinite(z).all()):  # a NaN loss, so that DivergenceGuard reports it
             return z.sum() * math.nan
-        return gen_jsd_term(z, bank.to(z), self.target, float(self.bandwidth_h), form=self.objective,
-                            eps=self.density_floor)
+        h = float(self.bandwidth_h)
+        if self.query_noise and self.training:  # evaluate at z + h eps: the term of the KDE-smoothed latents
+            z = z + h * torch.randn_like(z)
+        return gen_jsd_term(z, bank.to(z), self.target, h, form=self.objective, eps=self.density_floor)
 
     @property
     def density_floor(self) -> float:
