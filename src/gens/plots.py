@@ -148,7 +148,7 @@ def latent_scatter(
     The target is a Gaussian mixture given as weights (K,), means (K, l), covs (K, l, l) (leave all
     three None to draw no contours); it is projected with the same linear map as the latents
     (:func:`project_2d`), so the contours are the exact marginal density of the target in the plotted
-    plane. For l == 1 the latents are drawn as a histogram under the target's 1-D density.
+    plane, drawn over the points at 1, 2 and 3 standard deviations from a mode (solid, dashed, dotted). For l == 1 the latents are drawn as a histogram under the target's 1-D density.
     """
     plt = _pyplot()
     z = np.asarray(z, dtype=np.float64)
@@ -180,8 +180,12 @@ def latent_scatter(
             hi = np.maximum(np.percentile(z2, 99.5, axis=0), (m2 + 3 * sd[:, None]).max(axis=0))
             gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 120), np.linspace(lo[1], hi[1], 120))
             dens = _mixture_density_2d(np.stack([gx.ravel(), gy.ravel()], 1), weights, m2, c2)
-            ax.contour(gx, gy, dens.reshape(gx.shape), levels=6, cmap="Greys", linewidths=1.0)
         _scatter(ax, z2, labels)
+        if have_target:  # drawn over the points, at the 1, 2 and 3 sd levels of the tallest component
+            peak = _mixture_density_2d(m2, weights, m2, c2).max()
+            levels = sorted(peak * np.exp(-0.5 * np.array([1.0, 2.0, 3.0]) ** 2))
+            ax.contour(gx, gy, dens.reshape(gx.shape), levels=levels, colors="k", linewidths=1.2,
+                       linestyles=["dotted", "dashed", "solid"], zorder=3)
         axis = "z" if z.shape[1] == 2 else "PC"
         ax.set_xlabel(f"{axis}1")
         ax.set_ylabel(f"{axis}2")

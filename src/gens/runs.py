@@ -399,10 +399,13 @@ def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True
         rows = [np.concatenate([ximg[i : i + 8], rimg[i : i + 8]]) for i in range(0, n, 8)]
         plots.image_grid(np.concatenate(rows), out / "reconstructions.png", nrow=min(8, n), scale=scale)
         plots.image_grid(as_images(samples, shape), out / "samples.png", nrow=8, scale=scale)
-    target = getattr(module, "target", None) or module.latent_distribution()
+    try:  # where the latents should lie: for a GEN p_t shrunk by the kernel (Sec. 4), else the target
+        target, name = module.latent_distribution(), "q"
+    except ValueError:  # e.g. h >= 1: no shrunk target
+        target, name = module.target, "p_t"
     plots.latent_scatter(z.numpy(), out / "latents.png", labels=None if y is None else y.numpy(),
                          weights=target.weights.numpy(), means=target.means.numpy(), covs=target.covs.numpy(),
-                         title=f"{cfg['method'].upper()} {split} latents (l={z.shape[1]}) over p_t")
+                         title=f"{cfg['method'].upper()} {split} latents (l={z.shape[1]}) over {name}")
     if (out / "metrics.csv").is_file():
         try:
             plots.loss_curves(out / "metrics.csv", out / "losses.png", title=f"{cfg['method'].upper()} {cfg['data']}")
