@@ -148,7 +148,8 @@ def latent_scatter(
     The target is a Gaussian mixture given as weights (K,), means (K, l), covs (K, l, l) (leave all
     three None to draw no contours); it is projected with the same linear map as the latents
     (:func:`project_2d`), so the contours are the exact marginal density of the target in the plotted
-    plane, drawn over the points at 1, 2 and 3 standard deviations from a mode (solid, dashed, dotted). For l == 1 the latents are drawn as a histogram under the target's 1-D density.
+    plane, drawn over the points at 1, 2 and 3 standard deviations from a mode (solid, dashed,
+    dotted). For l == 1 the latents are drawn as a histogram under the target's 1-D density.
     """
     plt = _pyplot()
     z = np.asarray(z, dtype=np.float64)
