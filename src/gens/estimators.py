@@ -60,6 +60,14 @@ FORMAT = "gens-estimator/1"
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
+def _set_params(estimator, params: dict) -> None:
+    """Store every ``__init__`` argument unchanged under its own name (scikit-learn's rule: validation
+    happens in ``fit``). params: the ``locals()`` of ``__init__``."""
+    for name, value in params.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
+
+
 class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Shared fit / transform / inverse_transform / sample / save / load. Subclasses set ``_method`` and
     list their parameters in ``__init__`` (scikit-learn needs explicit signatures)."""
@@ -321,25 +329,7 @@ class GEN(_GensEstimator):
                  refresh_every=10, bandwidth=None, bandwidth_correction=False, target=None, max_epochs=12,
                  batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0,
                  accelerator="cpu", random_state=None, verbose=False):
-        self.latent_dim = latent_dim
-        self.lam = lam
-        self.objective = objective
-        self.bank_mode = bank_mode
-        self.bank_size = bank_size
-        self.refresh_every = refresh_every
-        self.bandwidth = bandwidth
-        self.bandwidth_correction = bandwidth_correction
-        self.target = target
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.hidden = hidden
-        self.arch = arch
-        self.scaling = scaling
-        self.val_fraction = val_fraction
-        self.accelerator = accelerator
-        self.random_state = random_state
-        self.verbose = verbose
+        _set_params(self, locals())
 
 
 class AE(_GensEstimator):
@@ -350,17 +340,7 @@ class AE(_GensEstimator):
 
     def __init__(self, latent_dim=8, *, max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto",
                  scaling="auto", val_fraction=0.0, accelerator="cpu", random_state=None, verbose=False):
-        self.latent_dim = latent_dim
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.hidden = hidden
-        self.arch = arch
-        self.scaling = scaling
-        self.val_fraction = val_fraction
-        self.accelerator = accelerator
-        self.random_state = random_state
-        self.verbose = verbose
+        _set_params(self, locals())
 
 
 class VAE(_GensEstimator):
@@ -372,18 +352,7 @@ class VAE(_GensEstimator):
 
     def __init__(self, latent_dim=8, *, lam=None, max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000),
                  arch="auto", scaling="auto", val_fraction=0.0, accelerator="cpu", random_state=None, verbose=False):
-        self.latent_dim = latent_dim
-        self.lam = lam
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.hidden = hidden
-        self.arch = arch
-        self.scaling = scaling
-        self.val_fraction = val_fraction
-        self.accelerator = accelerator
-        self.random_state = random_state
-        self.verbose = verbose
+        _set_params(self, locals())
 
 
 class AAE(_GensEstimator):
@@ -396,20 +365,7 @@ class AAE(_GensEstimator):
     def __init__(self, latent_dim=8, *, lam=None, target=None, disc_hidden=(1000, 1000), max_epochs=12,
                  batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0,
                  accelerator="cpu", random_state=None, verbose=False):
-        self.latent_dim = latent_dim
-        self.lam = lam
-        self.target = target
-        self.disc_hidden = disc_hidden
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.hidden = hidden
-        self.arch = arch
-        self.scaling = scaling
-        self.val_fraction = val_fraction
-        self.accelerator = accelerator
-        self.random_state = random_state
-        self.verbose = verbose
+        _set_params(self, locals())
 
 
 class WAE(_GensEstimator):
@@ -421,19 +377,7 @@ class WAE(_GensEstimator):
     def __init__(self, latent_dim=8, *, lam=None, target=None, max_epochs=12, batch_size=100, lr=2e-4,
                  hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0, accelerator="cpu",
                  random_state=None, verbose=False):
-        self.latent_dim = latent_dim
-        self.lam = lam
-        self.target = target
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.hidden = hidden
-        self.arch = arch
-        self.scaling = scaling
-        self.val_fraction = val_fraction
-        self.accelerator = accelerator
-        self.random_state = random_state
-        self.verbose = verbose
+        _set_params(self, locals())
 
 
 class SemiSupervisedGEN(ClassifierMixin, GEN):
@@ -457,16 +401,7 @@ class SemiSupervisedGEN(ClassifierMixin, GEN):
                  refresh_every=10, bandwidth=None, bandwidth_correction=False, target=None, max_epochs=12,
                  batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0,
                  accelerator="cpu", random_state=None, verbose=False):
-        super().__init__(latent_dim, lam=lam, objective=objective, bank_mode=bank_mode, bank_size=bank_size,
-                         refresh_every=refresh_every, bandwidth=bandwidth, bandwidth_correction=bandwidth_correction,
-                         target=target, max_epochs=max_epochs, batch_size=batch_size, lr=lr, hidden=hidden,
-                         arch=arch, scaling=scaling, val_fraction=val_fraction, accelerator=accelerator,
-                         random_state=random_state, verbose=verbose)
-        self.n_modes = n_modes
-        self.mode_scale = mode_scale
-        self.sup_weight = sup_weight
-        self.supervision = supervision
-        self.labelled_batch = labelled_batch
+        _set_params(self, locals())
 
     def fit(self, X, y):
         """Train on X with labels y: (n,) in 0..n_modes-1, -1 for unlabelled samples. Returns self."""
