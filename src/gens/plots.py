@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -151,7 +152,7 @@ def latent_scatter(
     plane, drawn over the points at 1, 2 and 3 standard deviations from a mode (solid, dashed,
     dotted). For l == 1 the latents are drawn as a histogram under the target's 1-D density.
     """
-    plt = _pyplot()
+    plt = pyplot()
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 2 or z.shape[0] < 1:
         raise ValueError(f"z: must have shape (n, l) with n >= 1, got {z.shape}")
@@ -200,7 +201,7 @@ def _scatter(ax, z2, labels) -> None:
         ax.scatter(z2[:, 0], z2[:, 1], s=4, alpha=0.6)
         return
     classes = np.unique(labels)
-    cmap = _pyplot().get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    cmap = pyplot().get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for i, c in enumerate(classes):
         sel = labels == c
         ax.scatter(z2[sel, 0], z2[sel, 1], s=4, alpha=0.7, color=cmap(i % cmap.N), label=str(c))
@@ -257,7 +258,7 @@ def loss_curves(metrics_csv, path, title: str | None = None) -> Path:
     Columns are grouped by name without the ``train``/``val``/``test`` prefix and ``_step``/``_epoch``
     suffix (``train/recon`` and ``val/recon`` share a panel), one panel per group.
     """
-    plt = _pyplot()
+    plt = pyplot()
     series = read_metrics_csv(metrics_csv)
     if not series:
         raise ValueError(f"metrics_csv: {metrics_csv} holds no logged values")
@@ -285,10 +286,14 @@ def loss_curves(metrics_csv, path, title: str | None = None) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG (parent folders created) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    _pyplot().close(fig)
+    fig.savefig(path, dpi=dpi, format="png")
+    pyplot().close(fig)
     return path
+
+
+_save = save_figure

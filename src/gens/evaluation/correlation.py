@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from gens._validation import check_float, check_int
+from gens.plots import pyplot, save_figure
 
 __all__ = ["mixture_samples", "normal_samples", "kde_jsd", "nn_jsd", "Discriminator", "correlation_study",
            "CorrelationResults", "plot_line", "plot_grid", "plot_examples", "QUICK", "DEFAULTS"]
@@ -307,29 +308,15 @@ def _cell_seed(seed, l, m, si, t) -> int:
 
 # --------------------------------------------------------------------------------------------- plots
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    _pyplot().close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_line(results: CorrelationResults, path, l: int = 5, m: int = 1000) -> Path:
     """Fig. 1 middle: mean +- sd over trials of each method's JSD estimate against s, for cell (l, m).
 
     KDE on the left axis, NN on the right (their scales differ), both in nats."""
-    plt = _pyplot()
+    plt = pyplot()
     c = results.cell(l, m)
     s = np.asarray(results.separations)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -354,7 +341,7 @@ def plot_grid(results: CorrelationResults, path, alpha: float = 0.05) -> Path:
     """Fig. 1 bottom: Pearson r per (l, m) as "NN | KDE"; the higher one bold when significant (p < alpha).
 
     Cell colour: r_KDE - r_NN (blue: KDE higher)."""
-    plt = _pyplot()
+    plt = pyplot()
     dims, sizes = results.dims, results.sizes
     diff = np.array([[results.cell(l, m)["r"]["kde"] - results.cell(l, m)["r"]["nn"] for m in sizes] for l in dims])
     fig, ax = plt.subplots(figsize=(1.7 * len(sizes) + 3.0, 0.8 * len(dims) + 1.5))
@@ -378,7 +365,7 @@ def plot_grid(results: CorrelationResults, path, alpha: float = 0.05) -> Path:
 
 def plot_examples(path, separations=(0.0, 3.0, 6.0), n: int = 1000, seed: int = 0) -> Path:
     """Fig. 1 top: 2-D samples of the whitened mixtures for a few separations."""
-    plt = _pyplot()
+    plt = pyplot()
     g = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
     fig, axes = plt.subplots(1, len(separations), figsize=(3 * len(separations), 3), sharex=True, sharey=True)
     for ax, s in zip(np.atleast_1d(axes), separations):
