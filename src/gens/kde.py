@@ -5,7 +5,11 @@ log G_h(u) = -||u||^2 / (2 h^2) - l log h - (l / 2) log(2 pi).
 
 Kernel sums stream over blocks of queries and of the bank with a running logsumexp, so no block of
 the (n, m) kernel matrix holds more than ``chunk_size`` elements, in the forward pass and in the
-backward pass (which recomputes the blocks instead of storing them).
+backward pass. When the whole (n, m) matrix is one block (a GEN minibatch against its bank) the
+forward pass keeps that block's exponentials for the backward pass; otherwise the backward pass
+recomputes the blocks instead of storing them. A block is one ``addmm``: the squared distance's
+query term -||q||^2 / (2 h^2) is constant along the bank and is added after the logsumexp, which is
+taken in base 2 (``exp2``, faster than ``exp`` on CPU).
 """
 
 from __future__ import annotations
@@ -34,54 +38,111 @@ def _block_sizes(n: int, m: int, chunk: int) -> tuple[int, int]:
     return qb, max(1, min(m, chunk // qb))
 
 
-def _sq_dist(q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """||q_a - b_i||^2 for q: (n, l), b: (m, l) -> (n, m), via one matmul, clamped at 0."""
-    d = (q @ b.T).mul_(-2.0)  # in place: one (n, m) buffer
-    return d.add_((q * q).sum(1, keepdim=True)).add_((b * b).sum(1)).clamp_min_(0.0)
+_LOG2E = 1.0 / math.log(2.0)
 
 
-def _blocks(q, b, h, chunk, loo):
-    """Yield (a0, a1, i0, i1, scaled log-kernel block -||q_a - b_i||^2 / (2 h^2)) over all blocks."""
+def _log_kernel_block(q: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """(q_a . b_i - ||b_i||^2 / 2) * scale for q: (n, l), b: (m, l) -> (n, m), one fused ``addmm``.
+
+    With scale = log2(e) / h^2 this is -||q_a - b_i||^2 / (2 h^2) in base-2 units (``exp2`` is faster
+    than ``exp`` on CPU) without its row constant -||q_a||^2 / (2 h^2), which does not depend on i and
+    so moves out of every logsumexp over the bank (``_row_term``); the softmax weights over i are the
+    same with or without it.
+    """
+    bias = (b * b).sum(1).mul_(-0.5 * scale)
+    return torch.addmm(bias, q, b.T, alpha=scale)
+
+
+def _row_term(q: torch.Tensor, h: float) -> torch.Tensor:
+    """-||q_a||^2 / (2 h^2): (n,)."""
+    return (q * q).sum(1).mul_(-0.5 / (h * h))
+
+
+def _blocks(q, b, scale, chunk, loo):
+    """Yield (a0, a1, i0, i1, block ``_log_kernel_block(q[a0:a1], b[i0:i1])``) over all blocks (LOO: diagonal -inf)."""
     n, m = q.shape[0], b.shape[0]
     qb, mb = _block_sizes(n, m, chunk)
     for a0 in range(0, n, qb):
         a1 = min(n, a0 + qb)
         for i0 in range(0, m, mb):
             i1 = min(m, i0 + mb)
-            s = _sq_dist(q[a0:a1], b[i0:i1]).mul_(-0.5 / (h * h))
+            s = _log_kernel_block(q[a0:a1], b[i0:i1], scale)
             if loo and a0 < i1 and i0 < a1:  # mask the diagonal (a == i): leave one out
                 a = torch.arange(max(a0, i0), min(a1, i1), device=s.device)
                 s[a - a0, a - i0] = -math.inf
             yield a0, a1, i0, i1, s
 
 
+def _exp2_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn the block s: (n, m) in place into 2^(s - rowmax); return (rowmax (n,), row sums (n,)).
+
+    log2 sum_i 2^s_ai = rowmax_a + log2(sums_a). Rows that are all -inf get rowmax 0 (and sum 0)."""
+    top = s.amax(1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    tot = s.sub_(top).exp2_().sum(1)
+    return top.squeeze(1), tot
+
+
+def _weighted_sums(w, q, b, want_q, want_b):
+    """(w @ b, w^T @ q) for w: (n, m), as the faster transposed products (None where not wanted)."""
+    wb = (b.T @ w.T).T if want_q else None  # (n, l); w @ b with l << m is several times slower on CPU
+    wq = (q.T @ w).T if want_b else None  # (m, l)
+    return wb, wq
+
+
 class _LogKernelSum(torch.autograd.Function):
-    """logsumexp_i -||q_a - b_i||^2 / (2 h^2) for every query a; backward recomputes the blocks."""
+    """logsumexp_i -||q_a - b_i||^2 / (2 h^2) for every query a (computed in base 2, returned in nats).
+
+    One block (n * m <= chunk, e.g. a GEN minibatch against its bank): the forward pass keeps the block's
+    exponentials 2^(s_ai - max_i s_ai) (at most ``chunk`` elements) and the backward pass is two
+    matrix products with them. Several blocks: a running logsumexp forward, and the backward pass
+    recomputes the blocks, so memory stays at one block.
+    """
 
     @staticmethod
     def forward(ctx, q, b, h, chunk, loo):
-        out = torch.full((q.shape[0],), -math.inf, dtype=q.dtype, device=q.device)
-        for a0, a1, _, _, s in _blocks(q, b, h, chunk, loo):
-            out[a0:a1] = torch.logaddexp(out[a0:a1], torch.logsumexp(s, dim=1))
-        ctx.save_for_backward(q, b, out)
+        scale = _LOG2E / (h * h)
+        n, m = q.shape[0], b.shape[0]
         ctx.h, ctx.chunk, ctx.loo = h, chunk, loo
-        return out
+        if n * m <= chunk:
+            (_, _, _, _, e), = _blocks(q, b, scale, chunk, loo)
+            top, tot = _exp2_rows(e)  # e: the block's exponentials from here on
+            lse2 = top + tot.log2()
+            ctx.save_for_backward(q, b, lse2, e, tot)
+        else:
+            lse2 = torch.full((n,), -math.inf, dtype=q.dtype, device=q.device)
+            for a0, a1, _, _, s in _blocks(q, b, scale, chunk, loo):
+                top, tot = _exp2_rows(s)
+                lse2[a0:a1] = torch.logaddexp2(lse2[a0:a1], top + tot.log2())
+            ctx.save_for_backward(q, b, lse2)
+        return lse2 * math.log(2.0) + _row_term(q, h)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        # d lse_a / d q_a = sum_i w_ai (b_i - q_a) / h^2,  d lse_a / d b_i = w_ai (q_a - b_i) / h^2,
-        # with w_ai = exp(s_ai - lse_a) (the softmax weights of query a over the bank).
-        q, b, out = ctx.saved_tensors
-        h2 = ctx.h * ctx.h
-        gq = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
-        gb = torch.zeros_like(b) if ctx.needs_input_grad[1] else None
-        for a0, a1, i0, i1, s in _blocks(q, b, ctx.h, ctx.chunk, ctx.loo):
-            w = torch.exp(s - out[a0:a1, None]).mul_(g[a0:a1, None])  # (qb, mb), rows weighted by g
-            if gq is not None:
-                gq[a0:a1] += (w @ b[i0:i1] - w.sum(1, keepdim=True) * q[a0:a1]) / h2
-            if gb is not None:
-                gb[i0:i1] += (w.T @ q[a0:a1] - w.sum(0)[:, None] * b[i0:i1]) / h2
+        # d out_a / d q_a = sum_i w_ai (b_i - q_a) / h^2,  d out_a / d b_i = w_ai (q_a - b_i) / h^2,
+        # with w_ai the softmax weights of query a over the bank (sum_i w_ai = 1).
+        q, b, lse2, *kept = ctx.saved_tensors
+        inv_h2 = 1.0 / (ctx.h * ctx.h)
+        want_q, want_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gq = torch.zeros_like(q) if want_q else None
+        gb = torch.zeros_like(b) if want_b else None
+        if kept:  # one block: w = e / tot, rows scaled by g
+            e, tot = kept
+            c = g / tot
+            wb, wq = _weighted_sums(e, c[:, None] * q, b, want_q, want_b)
+            if want_q:
+                gq = (wb * c[:, None] - g[:, None] * q) * inv_h2
+            if want_b:
+                gb = (wq - (c @ e)[:, None] * b) * inv_h2
+            return gq, gb, None, None, None
+        for a0, a1, i0, i1, s in _blocks(q, b, _LOG2E * inv_h2, ctx.chunk, ctx.loo):
+            w = s.sub_(lse2[a0:a1, None]).exp2_().mul_(g[a0:a1, None])  # (qb, mb), rows weighted by g
+            wb, wq = _weighted_sums(w, q[a0:a1], b[i0:i1], want_q, want_b)
+            if want_q:
+                gq[a0:a1] += (wb - w.sum(1, keepdim=True) * q[a0:a1]) * inv_h2
+            if want_b:
+                gb[i0:i1] += (wq - w.sum(0)[:, None] * b[i0:i1]) * inv_h2
         return gq, gb, None, None, None
 
 
