@@ -24,6 +24,7 @@ COMMANDS = (
     "interpolate",
     "novelty",
     "evaluate",
+    "reproduce",
 )
 
 

@@ -1,0 +1,239 @@
+"""Train one model and measure it: the unit of Table 2 and Table 3 (and of ``benchmarks/train_sweep.py``).
+
+``train_and_measure(job)`` trains ``job["method"]`` with ``gens.training.train`` on the data's train split,
+then on the test split measures: the per-pixel reconstruction MSE; the whitened leave-one-out KDE entropy
+(``gens.evaluation.entropy.latent_entropy``, paper Table 2) of the first n of the test latents in a
+seeded random order, for each n in ``job["ns"]`` not above the test size; the mean |z| and the smallest /
+largest per-dimension std of the test latents; the Fréchet distance between generated samples and the test
+images in pixel space (a crude check; only for images of at most ``PIXEL_FD_MAX_DIM`` values); optionally
+the FID of ``fid["n"]`` samples against as many test images under in-domain CNN features or the FID Inception-v3 (``gens.evaluation.fid``); the mean epoch
+time. It never raises: a failure becomes ``status`` "diverged", "nonfinite" or "error" with a message.
+
+A job is a plain dict (so it can go to a spawned process)::
+
+    {"method": "gen", "kwargs": {}, "data": "mnist:DIR", "epochs": 12, "seed": 0, "latent_dim": 8,
+     "batch_size": 100, "limit": None, "ns": [1000, 2000, 5000, 10000], "accelerator": "auto",
+     "threads": None, "fid": None | {"features": "domain" | "inception", "n": 10000, "source": "mnist:DIR",
+     "cache_dir": None, "classifier_epochs": None, "classifier_limit": None, "inception_weights": None},
+     "samples_png": None | "path/to/grid.png", "label": "gen seed 0", "progress": True}
+
+Settings the job leaves out come from the method's own defaults (``gens.methods``) and ``gens.training``.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+__all__ = ["train_and_measure", "run_jobs", "reference_row", "entropies", "pixel_frechet", "sample_images",
+           "method_defaults", "NS"]
+
+NS = (1000, 2000, 5000, 10000)  # Table 2's sample sizes
+PIXEL_FD_MAX_DIM = 1024  # pixel-space Frechet distance only for images this small (MNIST: 784)
+
+
+def pixel_frechet(a, b) -> float:
+    """Frechet distance between Gaussians fitted to the rows of a: (n, d) and b: (k, d) (float64)."""
+    import numpy as np
+
+    from gens.evaluation.fid import fid_from_features
+
+    return fid_from_features(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+
+
+def entropies(z, ns, device="cpu") -> dict:
+    """{n: whitened LOO-KDE entropy of z[:n]} for each n <= len(z); a failure (e.g. a collapsed, singular
+    latent dimension) gives None for that n instead of raising. z: (N, l)."""
+    from gens.evaluation.entropy import latent_entropy
+
+    out = {}
+    for n in ns:
+        if n <= len(z):
+            try:
+                out[int(n)] = latent_entropy(z[:n].to(device))
+            except ValueError:
+                out[int(n)] = None
+    return out
+
+
+def sample_images(module, n: int, seed: int):
+    """n decoded samples (n, *data_shape) in [0, 1] on the CPU, drawn in chunks with a seeded generator."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return torch.cat([module.sample(len(c), generator=g).float().cpu() for c in torch.arange(n).split(1000)]
+                         ).clamp(0, 1)
+
+
+def _callbacks(job):
+    import lightning as L
+
+    class EpochTimer(L.Callback):
+        """Collects the wall time of every training epoch (validation included) and prints progress."""
+
+        def __init__(self):
+            self.times, self._t = [], None
+
+        def on_train_epoch_start(self, trainer, module):
+            self._t = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            self.times.append(time.perf_counter() - self._t)
+            if job.get("progress"):
+                recon = trainer.callback_metrics.get("val/recon")
+                print(f"  {job.get('label', job['method'])}: epoch {trainer.current_epoch + 1}/{job['epochs']} "
+                      f"{self.times[-1]:.1f} s" + (f", val recon {float(recon):.4f}" if recon is not None else ""),
+                      flush=True)
+
+    return EpochTimer()
+
+
+def _fid(job, fake, real) -> dict:
+    from gens.evaluation import fid as F
+
+    cfg = job["fid"]
+    n = min(int(cfg.get("n") or 10000), len(real), len(fake))
+    if cfg.get("features") == "inception":
+        model = F.load_inception(cfg["inception_weights"])
+        feats = lambda x: F.inception_features(x, model)  # noqa: E731
+    else:
+        kw = {"cache_dir": cfg.get("cache_dir"), "epochs": cfg.get("classifier_epochs"),
+              "limit": cfg.get("classifier_limit")}
+        feats = lambda x: F.domain_features(x, cfg["source"], **kw)  # noqa: E731
+    return {"fid": F.fid_from_features(feats(real[:n]), feats(fake[:n])), "fid_n": n}
+
+
+def train_and_measure(job: dict) -> dict:
+    """Train one configuration and measure it (see the module docstring); never raises."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # lightning's own
+        _quiet_lightning()
+        return _train_and_measure(job)
+
+
+def _quiet_lightning() -> None:
+    """Lightning's per-trainer info lines (GPU available, tips, fit stopped) would bury the progress lines."""
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _train_and_measure(job: dict) -> dict:
+    import torch
+
+    from gens.training import TrainingDiverged, encode_all, train
+
+    start = time.perf_counter()
+    row = {"method": job["method"], "epochs": job["epochs"], "seed": job["seed"], "status": "ok", "message": ""}
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    try:
+        timer = _callbacks(job)
+        tk = dict(accelerator=job.get("accelerator", "auto"), devices=1, enable_progress_bar=False,
+                  callbacks=[timer])
+        dk = {"limit": job["limit"]} if job.get("limit") else {}
+        try:
+            module, trainer = train(job["method"], job["data"], latent_dim=job.get("latent_dim", 8),
+                                    max_epochs=job["epochs"], batch_size=job.get("batch_size", 100),
+                                    seed=job["seed"], trainer_kwargs=tk, datamodule_kwargs=dk,
+                                    **(job.get("kwargs") or {}))
+        except TrainingDiverged as err:
+            row.update(status="diverged", message=str(err)[:300])
+            return row
+        row["train_s"] = time.perf_counter() - start
+        module.eval()
+        device = next(module.parameters()).device
+        x = trainer.datamodule.split_tensors("test")[0]
+        z = encode_all(module, x)
+        with torch.no_grad():
+            recon = sum(float(module.recon_loss(c.to(device), module.reconstruct(c.to(device)))) * len(c)
+                        for c in x.split(1000)) / len(x)
+        row.update(recon=recon, n_test=len(x), mean_abs_z=float(z.abs().mean()), min_std=float(z.std(0).min()),
+                   max_std=float(z.std(0).max()), epoch_s=sum(timer.times) / max(1, len(timer.times)))
+        if hasattr(module, "bandwidth_h"):
+            row["h"] = float(module.bandwidth_h)
+        if not torch.isfinite(z).all():
+            row.update(status="nonfinite", message="non-finite test latents")
+            return row
+        perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(job["seed"]))
+        for n, H in entropies(z[perm], job["ns"], device).items():
+            row[f"H{n}"] = H
+        try:
+            fake = sample_images(module, min(10000, len(x)), job["seed"]).reshape(-1, *x.shape[1:])
+        except ValueError as err:  # e.g. a GEN with h >= 1 has no shrunk target to sample from
+            row["message"] = f"no samples: {err}"[:300]
+            return row
+        if x[0].numel() <= PIXEL_FD_MAX_DIM:  # sqrtm of a d x d matrix: minutes at SVHN's d = 3072
+            row["sample_fd"] = pixel_frechet(fake.flatten(1).numpy(), x.flatten(1).numpy())
+        if job.get("fid"):
+            row.update(_fid(job, fake, x))
+        if job.get("samples_png"):
+            from gens.plots import image_grid
+
+            image_grid(fake[:64].numpy(), job["samples_png"], scale=2)
+    except Exception as err:  # keep the sweep going; the failure is reported in the table
+        row.update(status="error", message=f"{type(err).__name__}: {err}"[:300])
+        traceback.print_exc()
+    finally:
+        row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def reference_row(seed: int, dim: int, ns, device="cpu") -> dict:
+    """Whitened entropy of max(ns) N(0, I_dim) samples at each n: the target's row of Table 2 (seeded)."""
+    import torch
+
+    z = torch.randn(max(ns), dim, generator=torch.Generator().manual_seed(10_000 + seed))
+    row = {"seed": seed, "status": "ok", "message": "", "mean_abs_z": float(z.abs().mean()),
+           "min_std": float(z.std(0).min()), "max_std": float(z.std(0).max())}
+    for n, H in entropies(z, ns, device).items():
+        row[f"H{n}"] = H
+    return row
+
+
+def run_jobs(jobs: list[dict], n_jobs: int = 1, on_done=None) -> list[dict]:
+    """``train_and_measure`` every job, ``n_jobs`` at once in spawned processes (1: in this process).
+
+    ``on_done(job, row)`` is called as each finishes (in this process), e.g. to save it at once.
+    Returns the rows in the order of ``jobs``.
+    """
+    rows = [None] * len(jobs)
+    if n_jobs > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(min(n_jobs, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(train_and_measure, j): i for i, j in enumerate(jobs)}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                rows[i] = fut.result()
+                if on_done:
+                    on_done(jobs[i], rows[i])
+    else:
+        for i, job in enumerate(jobs):
+            rows[i] = train_and_measure(job)
+            if on_done:
+                on_done(job, rows[i])
+    return rows
+
+
+def method_defaults(method: str) -> dict:
+    """The constructor defaults of ``gens.methods.METHODS[method]`` as JSON-able values (the settings a
+    reproduction uses unless told otherwise; part of each unit's key, so a changed default recomputes)."""
+    import inspect
+
+    from gens.methods import METHODS
+
+    out = {}
+    for name, p in inspect.signature(METHODS[method].__init__).parameters.items():
+        if name in ("self", "data_shape", "latent_dim") or p.default is inspect.Parameter.empty:
+            continue
+        v = p.default
+        out[name] = list(v) if isinstance(v, tuple) else v if isinstance(v, (int, float, str, bool, type(None))) \
+            else repr(v)
+    return out

@@ -1,0 +1,271 @@
+"""Table 2: whitened entropy of MNIST test latents (FC networks, l = 8) for AAE, VAE, GEN (and a plain AE).
+
+Per method and seed one unit (``measure.train_and_measure``): train with the method's own defaults
+(``gens.methods``; nothing here fixes a GEN hyperparameter), then on the test split: reconstruction MSE,
+the whitened leave-one-out KDE entropy of N test latents for N in 1000, 2000, 5000, 10000 (supplement
+eqs. 4-5), and the FID of 10000 samples against the test images under in-domain CNN features
+(``gens.evaluation.fid.domain_features``, or the FID Inception-v3 with ``--inception-weights``). Beside
+them: the same entropy of N(0, I_8) samples (measured, one set per seed), the paper's rows, and the true
+entropy of N(0, I_8), 4 log(2 pi e) = 11.35.
+
+A measured cell reproduces the paper's when |mean - paper mean| <= paper sd + our sd over seeds (the
+error bars touch). The issue's criterion is checked too: the GEN within 0.1 of the measured N(0, I_8)
+row at every N, and above the AAE and the VAE.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from gens.reproduce.measure import NS, method_defaults, reference_row, run_jobs
+from gens.reproduce.report import Section, cell, fmt_pm
+
+__all__ = ["PAPER", "PAPER_RECON", "TRUE_ENTROPY", "METHODS", "QUICK", "run", "settings", "agrees"]
+
+LATENT_DIM = 8
+# The paper's Table 2 (5 models each): PAPER[row][N] = (mean, sd)
+PAPER = {
+    "aae": {1000: (6.552, 1.8164), 2000: (8.408, 0.5280), 5000: (8.742, 0.4209), 10000: (9.862, 1.1321)},
+    "vae": {1000: (10.478, 0.1647), 2000: (10.483, 0.2013), 5000: (10.347, 0.0769), 10000: (10.130, 0.1516)},
+    "gen": {1000: (11.681, 0.0231), 2000: (11.622, 0.0170), 5000: (11.497, 0.0068), 10000: (11.464, 0.0036)},
+    "normal": {1000: (11.668, 0.0552), 2000: (11.621, 0.0597), 5000: (11.575, 0.0200), 10000: (11.538, 0.0162)},
+}
+PAPER_RECON = 0.02  # "the reconstruction error of all three was about 0.02"
+TRUE_ENTROPY = 0.5 * LATENT_DIM * math.log(2 * math.pi * math.e)  # 11.352
+METHODS = ("aae", "vae", "gen", "ae")  # the AE: the unregularised reference
+NAMES = {"aae": "AAE", "vae": "VAE", "gen": "GEN", "ae": "AE (no regulariser)"}
+QUICK = dict(limit=10000, epochs=2, seeds=[0], classifier_epochs=2)
+FAITHFUL_SEEDS = [0, 1, 2]
+GEN_MARGIN = 0.1  # the issue: GEN within 0.1 of the N(0, I_8) row
+
+
+def agrees(ours: list, paper) -> bool | None:
+    """|mean - paper mean| <= paper sd + our sd (0 for one value); None when either side is missing."""
+    ours = [v for v in ours if v is not None]
+    if not ours or paper is None:
+        return None
+    sd = statistics.stdev(ours) if len(ours) > 1 else 0.0
+    return abs(statistics.fmean(ours) - paper[0]) <= paper[1] + sd + 1e-12
+
+
+def settings(opts) -> dict:
+    """The resolved Table 2 settings (faithful defaults, or the quick ones), test size and capped ns."""
+    from gens.data import load_dataset
+    from gens.runs import DEFAULT_EPOCHS
+
+    quick = QUICK if opts.quick else {}
+    epochs = opts.epochs or quick.get("epochs") or DEFAULT_EPOCHS.get(opts.data, DEFAULT_EPOCHS[None])
+    limit = opts.limit or quick.get("limit")
+    n_test = len(load_dataset(opts.data, "test", limit=limit)[0])
+    ns = sorted({min(n, n_test) for n in (opts.ns or NS)})
+    return {"data": opts.data, "epochs": epochs, "limit": limit, "seeds": list(opts.seeds or quick.get("seeds")
+            or FAITHFUL_SEEDS), "ns": ns, "n_test": n_test, "latent_dim": LATENT_DIM, "batch_size": 100,
+            "methods": list(opts.methods or METHODS), "classifier_epochs": opts.classifier_epochs
+            or quick.get("classifier_epochs"), "fid_n": min(opts.fid_n, n_test)}
+
+
+def _fid_config(opts, s, log) -> tuple[dict | None, str]:
+    """FID settings for the jobs (the in-domain classifier is trained here once, before the jobs share it)."""
+    if opts.inception_weights:
+        return ({"features": "inception", "n": s["fid_n"], "inception_weights": str(opts.inception_weights)},
+                "FID Inception-v3 features (comparable with published FIDs)")
+    from gens.evaluation.fid import domain_classifier
+
+    kw = dict(cache_dir=opts.cache_dir, epochs=s["classifier_epochs"], limit=s["limit"])
+    try:
+        _, info = domain_classifier(s["data"], progress=lambda t: log(f"[table2] {t}"), **kw)
+    except ValueError as err:
+        return None, f"no FID: {err}"
+    acc = info.get("test_accuracy")
+    return ({"features": "domain", "n": s["fid_n"], "source": s["data"], "cache_dir": opts.cache_dir,
+             "classifier_epochs": s["classifier_epochs"], "classifier_limit": s["limit"]},
+            f"in-domain features (penultimate layer of a CNN classifier trained on the training split, "
+            f"{info['epochs']} epochs, test accuracy {'n/a' if acc is None else f'{acc:.3f}'}); comparable between "
+            "these models, not with published Inception FIDs")
+
+
+def run(opts, units, log) -> Section:
+    import torch
+
+    s = settings(opts)
+    sec = Section("table2", "Table 2: whitened entropy of MNIST test latents")
+    fid, fid_text = _fid_config(opts, s, log)
+    threads = opts.threads or (max(1, (torch.get_num_threads() or 1) // opts.jobs) if opts.jobs > 1 else None)
+    base = {k: s[k] for k in ("data", "epochs", "limit", "ns", "latent_dim", "batch_size")}
+    fid_key = None if fid is None else {k: v for k, v in fid.items() if k not in ("cache_dir",)}
+    jobs, rows, todo = [], {}, []
+    for method in s["methods"]:
+        kwargs = dict(opts.module_kwargs.get(method, {}))
+        for seed in s["seeds"]:
+            key = {**base, "method": method, "seed": seed, "defaults": method_defaults(method), "kwargs": kwargs,
+                   "fid": fid_key}
+            name = f"{method}-seed{seed}"
+            png = Path("figures") / f"table2_{method}_s{seed}.png"
+            row = units.load("table2", name, key)
+            if row is not None:
+                log(f"[table2] {name}: reused {units.path('table2', name, key)}")
+                rows[method, seed] = row
+                continue
+            job = {**base, "method": method, "seed": seed, "kwargs": kwargs, "accelerator": opts.accelerator,
+                   "threads": threads, "fid": fid, "samples_png": str(Path(opts.out) / png),
+                   "label": f"{method} seed {seed}", "progress": opts.verbose, "_key": key, "_name": name}
+            jobs.append(job)
+    if jobs:
+        log(f"[table2] training {len(jobs)} model(s) ({s['epochs']} epochs each, {opts.jobs} at once) on "
+            f"{s['data']}" + (f", first {s['limit']} images of each split" if s["limit"] else ""))
+
+    def done(job, row):
+        rows[job["method"], job["seed"]] = row
+        if row["status"] != "error":  # an error (a bug, out of memory) is retried on the next run
+            units.save("table2", job["_name"], job["_key"], row, row.get("seconds", 0.0))
+        log(f"[table2] {job['_name']}: {row['status']}, recon {row.get('recon', float('nan')):.4f}, "
+            + ", ".join(f"H{n} {row[f'H{n}']:.3f}" for n in s["ns"] if row.get(f"H{n}") is not None)
+            + (f", FID {row['fid']:.2f}" if row.get("fid") is not None else "")
+            + (f" ({row['message']})" if row.get("message") else ""))
+
+    run_jobs([{k: v for k, v in j.items()} for j in jobs], opts.jobs, done)
+    device = "cuda" if opts.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    normal = {}
+    for seed in s["seeds"]:
+        key = {"seed": seed, "dim": LATENT_DIM, "ns": s["ns"]}
+        normal[seed] = units.get_or_compute("table2", f"normal-seed{seed}", key,
+                                            lambda seed=seed: reference_row(seed, LATENT_DIM, s["ns"], device), log)
+    _report(sec, s, rows, normal, fid_text, opts)
+    return sec
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def _values(rows, method, seeds, key):
+    return [rows[method, sd].get(key) for sd in seeds if (method, sd) in rows and rows[method, sd]["status"] == "ok"]
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _report(sec, s, rows, normal, fid_text, opts):
+    ns, seeds = s["ns"], s["seeds"]
+    defaults = {m: method_defaults(m) for m in s["methods"]}
+    gen_d = defaults.get("gen", {})
+    mode = "quick (`--quick`)" if opts.quick else "faithful defaults"
+    given = [k for k in ("epochs", "seeds", "limit", "ns") if getattr(opts, k) is not None]
+    first = defaults[s["methods"][0]]
+    sec.text(f"Settings: {mode}" + (f", with {', '.join(given)} set explicitly" if given else "") + f". Data "
+             f"`{s['data']}`" + (f", first {s['limit']} images of each split" if s["limit"] else "") + f"; {s['epochs']} "
+             f"epoch(s), batch {s['batch_size']}, l = {LATENT_DIM}, seeds {seeds}; entropy of the first N of "
+             f"{s['n_test']} test latents in a seeded random order, N in {ns}"
+             + (" (capped at the test size)" if any(n not in NS for n in ns) else "") + ". Every method uses its "
+             f"constructor's defaults (`gens.methods`): networks `arch={first.get('arch')}` (FC for MNIST) with "
+             f"hidden layers {first.get('hidden')}, Adam lr {first.get('lr')}"
+             + (f"; GEN lam {gen_d['lam']}, objective {gen_d['objective']}, bank {gen_d['bank_mode']} m = "
+                f"{gen_d['bank_size']} (capped at the training set), kb = {gen_d['refresh_every']}" if gen_d else "")
+             + (f"; overridden: {opts.module_kwargs}" if opts.module_kwargs else "") + f". FID: {fid_text}.")
+    header = ["model", "seeds", "test recon MSE", *[f"H, N = {n}" for n in ns], "FID"]
+    table, checks = [], []
+    for method in s["methods"]:
+        ok_seeds = [sd for sd in seeds if (method, sd) in rows and rows[method, sd]["status"] == "ok"]
+        bad = [f"seed {sd}: {rows[method, sd]['status']} {rows[method, sd].get('message', '')}".strip()
+               for sd in seeds if (method, sd) in rows and rows[method, sd]["status"] != "ok"]
+        if bad:
+            sec.miss(f"{NAMES[method]} training failed ({'; '.join(bad)})")
+        row = [f"{NAMES[method]} (measured)", str(len(ok_seeds)), fmt_pm(_values(rows, method, seeds, "recon"), 4)]
+        for n in ns:
+            vals = _values(rows, method, seeds, f"H{n}")
+            paper = PAPER.get(method, {}).get(n)
+            ok = agrees(vals, paper)
+            diff = "" if paper is None or _mean(vals) is None else f" (Δ {_mean(vals) - paper[0]:+.3f})"
+            row.append(cell(fmt_pm(vals) + diff, ok))
+            if ok is False:
+                sec.miss(f"{NAMES[method]} H at N = {n}: {fmt_pm(vals)} vs the paper's {paper[0]:.3f} ± {paper[1]:.3f}")
+        row.append(fmt_pm(_values(rows, method, seeds, "fid"), 2))
+        table.append(row)
+        if method in PAPER:
+            table.append([f"{NAMES[method]} (paper, 5 models)", "5", f"≈ {PAPER_RECON}",
+                          *[_paper(method, n) for n in ns], "-"])
+    nrow = ["N(0, I_8) samples (measured)", str(len(seeds)), "-"]
+    for n in ns:
+        vals = [normal[sd].get(f"H{n}") for sd in seeds]
+        paper = PAPER["normal"].get(n)
+        ok = agrees(vals, paper)
+        diff = "" if paper is None else f" (Δ {_mean(vals) - paper[0]:+.3f})"
+        nrow.append(cell(fmt_pm(vals) + diff, ok))
+        if ok is False:
+            sec.miss(f"N(0, I_8) samples H at N = {n}: {fmt_pm(vals)} vs the paper's {paper[0]:.3f} ± {paper[1]:.3f}")
+    table += [nrow + ["-"], ["Standard normal (paper)", "-", "-", *[_paper("normal", n) for n in ns], "-"],
+              ["True entropy of N(0, I_8)", "-", "-", *[f"{TRUE_ENTROPY:.3f}"] * len(ns), "-"]]
+    sec.table(header, table, caption="Whitened latent entropy in nats (higher = closer to Gaussian), mean ± sd over "
+              "seeds; ✓/✗: within / outside the paper's error (|Δ| <= paper sd + our sd).")
+    # the issue's acceptance criterion and the paper's ordering
+    crit = []
+    for n in ns:
+        gen = _mean(_values(rows, "gen", seeds, f"H{n}")) if "gen" in s["methods"] else None
+        ref = _mean([normal[sd].get(f"H{n}") for sd in seeds])
+        line = [str(n)]
+        d = None if gen is None or ref is None else gen - ref
+        ok = None if d is None else abs(d) <= GEN_MARGIN
+        line.append(cell("-" if d is None else f"{d:+.3f}", ok))
+        if ok is False:
+            sec.miss(f"GEN not within {GEN_MARGIN} of the N(0, I_8) row at N = {n} (GEN - normal = {d:+.3f})")
+        for other in ("aae", "vae", "ae"):
+            o = _mean(_values(rows, other, seeds, f"H{n}")) if other in s["methods"] else None
+            d = None if gen is None or o is None else gen - o
+            ok = None if d is None or other == "ae" else d > 0
+            line.append(cell("-" if d is None else f"{d:+.3f}", ok))
+            if ok is False:
+                sec.miss(f"GEN not above {NAMES[other]} at N = {n} (GEN - {NAMES[other]} = {d:+.3f})")
+        crit.append(line)
+    sec.table(["N", f"GEN - N(0, I_8) samples (✓: within ±{GEN_MARGIN})", "GEN - AAE (✓: > 0)", "GEN - VAE (✓: > 0)",
+               "GEN - AE"], crit, caption="The issue's criterion: the GEN within 0.1 of the standard-normal row at "
+               "every N and above the AAE and the VAE (differences of the means over seeds).")
+    sec.text("The paper's AAE row (6.55 at N = 1000) lies below what an unregularised AE reaches here; the AE row is "
+             "given as that reference. Where a measured row misses the paper's, the numbers above are what this "
+             "implementation produced with these settings; the paper does not state its AAE/VAE hyperparameters.")
+    sec.figure(_plot(s, rows, normal, opts.out), "Whitened entropy against N: measured (mean ± sd over seeds, solid), "
+               "the paper's (dashed), and the true entropy of N(0, I_8) (dotted).")
+    for method in s["methods"]:
+        png = Path("figures") / f"table2_{method}_s{seeds[0]}.png"
+        if (Path(opts.out) / png).is_file():
+            sec.figure(png, f"{NAMES[method]}: 64 samples (seed {seeds[0]}).")
+
+
+def _paper(key, n) -> str:
+    p = PAPER.get(key, {}).get(n)
+    return "-" if p is None else f"{p[0]:.3f} ± {p[1]:.3f}"
+
+
+def _plot(s, rows, normal, out) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ns, seeds = s["ns"], s["seeds"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    series = [(NAMES[m], m, [_values(rows, m, seeds, f"H{n}") for n in ns]) for m in s["methods"]]
+    series.append(("N(0, I_8) samples", "normal", [[normal[sd].get(f"H{n}") for sd in seeds] for n in ns]))
+    for i, (name, key, vals) in enumerate(series):
+        color = f"C{i}"
+        pts = [(n, [x for x in v if x is not None]) for n, v in zip(ns, vals)]
+        pts = [(n, v) for n, v in pts if v]
+        if pts:
+            ax.errorbar([n for n, _ in pts], [statistics.fmean(v) for _, v in pts],
+                        yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts], marker="o", capsize=3,
+                        color=color, label=name)
+        if key in PAPER:
+            pn = sorted(PAPER[key])
+            ax.plot(pn, [PAPER[key][n][0] for n in pn], "--", color=color, alpha=0.7)
+    ax.axhline(TRUE_ENTROPY, color="grey", ls=":", label="true entropy of N(0, I_8)")
+    ax.set_xscale("log")
+    ax.set_xlabel("N (test latents)")
+    ax.set_ylabel("whitened entropy (nats)")
+    ax.set_title("Table 2: measured (solid) vs paper (dashed)")
+    ax.legend(fontsize=8)
+    rel = Path("figures") / "table2_entropy.png"
+    fig.tight_layout()
+    fig.savefig(Path(out) / rel, dpi=110)
+    plt.close(fig)
+    return str(rel)
