@@ -1,11 +1,12 @@
 """Sweep training configurations and measure what the defaults are chosen by.
 
-For every (config, epochs, seed): train on the data's train split (``gens.training.train``), then on the
-test split report the per-pixel reconstruction MSE, the whitened leave-one-out KDE entropy of the first
-n test latents for each n in --ns (``gens.evaluation.entropy.latent_entropy``; paper Table 2), the mean
-|z| and the smallest / largest per-dimension std of the test latents, the Frechet distance between
-10000 generated samples and the test images in pixel space (a crude sample-quality check), and the
-mean epoch time. The same entropy of N(0, I_l) samples is printed once per seed as the reference.
+For every (config, epochs, seed): train on the data's train split and measure on the test split with
+``gens.reproduce.measure.train_and_measure`` (the code behind ``gens reproduce table2``): report the
+per-pixel reconstruction MSE, the whitened leave-one-out KDE entropy of the first n test latents for
+each n in --ns (``gens.evaluation.entropy.latent_entropy``; paper Table 2), the mean |z| and the
+smallest / largest per-dimension std of the test latents, the Frechet distance between 10000 generated
+samples and the test images in pixel space (a crude sample-quality check), and the mean epoch time.
+The same entropy of N(0, I_l) samples is printed once per seed as the reference.
 
     python benchmarks/train_sweep.py --data mnist:/work/shared/data/mnist \\
         --configs gen:lam=0.01,bank_mode=refresh gen:lam=0.01,bank_mode=queue aae:lam=0.01 \\
@@ -25,10 +26,7 @@ import csv
 import math
 import os
 import sys
-import time
-import traceback
 
-import lightning as L
 
 def fields(ns) -> list[str]:
     return ["config", "epochs", "seed", "status", "recon", *[f"H{n}" for n in ns], "mean_abs_z", "min_std",
@@ -63,101 +61,25 @@ def _split(text: str):
     yield cur
 
 
-def pixel_frechet(a, b) -> float:
-    """Frechet distance between Gaussians fitted to the rows of a: (n, d) and b: (k, d) (float64)."""
-    import numpy as np
-    from scipy import linalg
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2.0 * covmean))
-
-
-def entropies(z, ns, device):
-    """{n: whitened LOO-KDE entropy of z[:n]} for n <= len(z)."""
-    from gens.evaluation.entropy import latent_entropy
-
-    return {n: latent_entropy(z[:n].to(device)) for n in ns if n <= len(z)}
-
-
-class EpochTimer(L.Callback):
-    """Collects the wall time of every training epoch (validation included)."""
-
-    def __init__(self):
-        self.times, self._t = [], None
-
-    def on_train_epoch_start(self, trainer, module):
-        self._t = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, module):
-        self.times.append(time.perf_counter() - self._t)
-
-
 def run_one(job: dict) -> dict:
-    """Train one configuration and measure it; never raises (errors become status='error')."""
-    import torch
+    """Train one configuration and measure it (``gens.reproduce.measure.train_and_measure``); never raises."""
+    from gens.reproduce.measure import train_and_measure
 
-    from gens.training import TrainingDiverged, encode_all, train
-
-    row = {"config": job["config"], "epochs": job["epochs"], "seed": job["seed"], "status": "ok", "message": ""}
-    if job.get("threads"):
-        torch.set_num_threads(job["threads"])
     try:
         method, kwargs = parse_config(job["config"])
-        timer = EpochTimer()
-        tk = dict(accelerator=job["accelerator"], devices=1, enable_progress_bar=False, callbacks=[timer])
-        dk = {"limit": job["limit"]} if job["limit"] else {}
-        try:
-            module, trainer = train(method, job["data"], latent_dim=job["latent_dim"], max_epochs=job["epochs"],
-                                    batch_size=job["batch_size"], seed=job["seed"], trainer_kwargs=tk,
-                                    datamodule_kwargs=dk, **kwargs)
-        except TrainingDiverged as err:
-            row.update(status="diverged", message=str(err)[:200])
-            return row
-        module.eval()
-        device = next(module.parameters()).device
-        x = trainer.datamodule.split_tensors("test")[0]
-        z = encode_all(module, x)
-        with torch.no_grad():
-            recon = sum(float(module.recon_loss(c.to(device), module.reconstruct(c.to(device)))) * len(c)
-                        for c in x.split(1000)) / len(x)
-        row.update(recon=recon, mean_abs_z=float(z.abs().mean()), min_std=float(z.std(0).min()),
-                   max_std=float(z.std(0).max()), epoch_s=sum(timer.times) / max(1, len(timer.times)))
-        if hasattr(module, "bandwidth_h"):
-            row["h"] = float(module.bandwidth_h)
-        if not torch.isfinite(z).all():
-            row.update(status="nonfinite")
-            return row
-        perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(job["seed"]))
-        for n, H in entropies(z[perm], job["ns"], device).items():
-            row[f"H{n}"] = H
-        try:
-            s = module.sample(min(10000, len(x)), generator=torch.Generator().manual_seed(job["seed"]))
-            row["sample_fd"] = pixel_frechet(s.flatten(1).cpu().numpy(), x.flatten(1).numpy())
-        except ValueError as err:  # e.g. h >= 1: no shrunk target
-            row["message"] = f"no samples: {err}"[:200]
-    except Exception as err:  # keep the sweep going; report the failure in the table
-        row.update(status="error", message=f"{type(err).__name__}: {err}"[:200])
-        traceback.print_exc()
-    return row
+    except ValueError as err:
+        return {"config": job["config"], "epochs": job["epochs"], "seed": job["seed"], "status": "error",
+                "message": str(err)}
+    row = train_and_measure({**job, "method": method, "kwargs": kwargs})
+    return {**row, "config": job["config"]}
 
 
 def reference_rows(seeds, dim, ns, device) -> list[dict]:
     """Entropy of N(0, I_dim) samples: the target's row of Table 2."""
-    import torch
+    from gens.reproduce.measure import reference_row
 
-    rows = []
-    for seed in seeds:
-        z = torch.randn(max(ns), dim, generator=torch.Generator().manual_seed(10_000 + seed))
-        row = {"config": f"N(0,I_{dim}) samples", "epochs": 0, "seed": seed, "status": "ok", "message": "",
-               "mean_abs_z": float(z.abs().mean()), "min_std": float(z.std(0).min()), "max_std": float(z.std(0).max())}
-        for n, H in entropies(z, ns, device).items():
-            row[f"H{n}"] = H
-        rows.append(row)
-    return rows
+    return [{**reference_row(seed, dim, ns, device), "config": f"N(0,I_{dim}) samples", "epochs": 0}
+            for seed in seeds]
 
 
 def fmt(row: dict, ns) -> str:

@@ -6,8 +6,9 @@ then on the test split measures: the per-pixel reconstruction MSE; the whitened 
 seeded random order, for each n in ``job["ns"]`` not above the test size; the mean |z| and the smallest /
 largest per-dimension std of the test latents; the Fréchet distance between generated samples and the test
 images in pixel space (a crude check; only for images of at most ``PIXEL_FD_MAX_DIM`` values); optionally
-the FID of ``fid["n"]`` samples against as many test images under in-domain CNN features or the FID Inception-v3 (``gens.evaluation.fid``); the mean epoch
-time. It never raises: a failure becomes ``status`` "diverged", "nonfinite" or "error" with a message.
+the FID of ``fid["n"]`` samples against as many test images under in-domain CNN features or the FID
+Inception-v3 (``gens.evaluation.fid``); the mean epoch time. It never raises: a failure becomes
+``status`` "diverged", "nonfinite" or "error" with a message.
 
 A job is a plain dict (so it can go to a spawned process)::
 
