@@ -172,6 +172,7 @@ def test_table2_quick_settings_and_data_resolution(monkeypatch):
 
     s = table2.settings(Options(quick=True, data="digits"))
     assert s["epochs"] == 2 and s["limit"] == 10000 and s["seeds"] == [0] and s["ns"] == [360]
+    assert s["classifier_epochs"] == math.ceil(500 / math.ceil((1437 - 143) / 128))  # >= 500 steps of 128
     assert s["methods"] == ["aae", "vae", "gen", "ae"]
     full = table2.settings(Options(data="digits"))
     assert full["seeds"] == [0, 1, 2] and full["limit"] is None and full["epochs"] == 40  # gens train's digits default

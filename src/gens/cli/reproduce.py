@@ -40,7 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--inception-weights", default=S,
                    help="pt_inception-2015-12-05-6726825d.pth for standard FIDs (default: in-domain features)")
     p.add_argument("--classifier-epochs", type=int, default=S,
-                   help="epochs of the in-domain FID classifier (default: >= 5 epochs and 2000 steps; --quick: 2)")
+                   help="epochs of the in-domain FID classifier (default: >= 5 epochs and 2000 steps; --quick: >= 2 "
+                        "epochs and 500 steps)")
     p.add_argument("--cache-dir", default=S,
                    help="cache of the FID classifier and h_opt (default: $GENS_CACHE_DIR or ~/.cache/gens)")
     p.add_argument("--quiet", action="store_true", default=S, help="no progress output")

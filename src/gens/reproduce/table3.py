@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gens.reproduce.measure import method_defaults, run_jobs
 from gens.reproduce.report import Section, cell, fmt_pm
-from gens.reproduce.table2 import _fid_config, agrees
+from gens.reproduce.table2 import _fid_config, agrees, quick_classifier_epochs
 
 __all__ = ["PAPER", "DATASETS", "QUICK", "run"]
 
@@ -32,7 +32,7 @@ DATASETS = {
 }
 METHODS = ("aae", "vae", "gen")
 NAMES = {"aae": "AAE", "vae": "VAE", "gen": "GEN", "ae": "AE", "wae": "WAE"}
-QUICK = dict(limit=10000, epochs=2, seeds=[0], methods=("gen",), classifier_epochs=2)
+QUICK = dict(limit=10000, epochs=2, seeds=[0], methods=("gen",))
 
 
 def run(opts, units, log) -> Section:
@@ -66,9 +66,10 @@ def run(opts, units, log) -> Section:
             continue
         d = DATASETS[key]
         source = f"{d['scheme']}:{given[key]}"
-        s = {"data": source, "fid_n": opts.fid_n, "classifier_epochs": opts.classifier_epochs
-             or quick.get("classifier_epochs"), "limit": limit}
         _, labels = load_dataset(source, "train", limit=2)
+        epochs_c = opts.classifier_epochs or (quick_classifier_epochs(source, limit) if opts.quick and labels
+                                              is not None else None)
+        s = {"data": source, "fid_n": opts.fid_n, "classifier_epochs": epochs_c, "limit": limit}
         if opts.inception_weights or labels is not None:
             fid, fid_texts[key] = _fid_config(opts, s, lambda t: log(t.replace("[table2]", "[table3]")))
         else:
