@@ -33,10 +33,14 @@ def _data(n, m, l, seed=0, dtype=torch.float64, scale=1.0):
     return torch.randn(n, l, generator=g, dtype=dtype) * scale, torch.randn(m, l, generator=g, dtype=dtype)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 97, 4000])  # one block; many small blocks; blocks of whole rows
-def test_values_and_both_gradients_match_naive_autograd(chunk_size):
-    q0, b0 = _data(37, 150, 5, scale=1.5)
-    w = torch.randn(37, dtype=torch.float64, generator=torch.Generator().manual_seed(9))  # uneven upstream grads
+@pytest.mark.parametrize("n,m,chunk_size", [
+    (37, 150, None),  # one block, kept for backward
+    (60, 5000, None),  # two default-size blocks (> 2^18 pairs), both kept
+    (37, 150, 97), (37, 150, 4000),  # many small blocks / blocks of whole rows, recomputed in backward
+])
+def test_values_and_both_gradients_match_naive_autograd(n, m, chunk_size):
+    q0, b0 = _data(n, m, 5, scale=1.5)
+    w = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(9))  # uneven upstream grads
     q, b = q0.clone().requires_grad_(), b0.clone().requires_grad_()
     got = kde_log_density(q, b, 0.6, chunk_size=chunk_size)
     (got * w).sum().backward()
@@ -48,9 +52,9 @@ def test_values_and_both_gradients_match_naive_autograd(chunk_size):
     torch.testing.assert_close(b.grad, br.grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 50])
-def test_loo_values_and_gradient_match_naive_autograd(chunk_size):
-    _, b0 = _data(1, 60, 3, seed=3)
+@pytest.mark.parametrize("m,chunk_size", [(60, None), (600, None), (60, 50)])  # one block; 2 kept; recomputed
+def test_loo_values_and_gradient_match_naive_autograd(m, chunk_size):
+    _, b0 = _data(1, m, 3, seed=3)
     b = b0.clone().requires_grad_()
     got = kde_log_density_loo(b, 0.5, chunk_size=chunk_size)
     got.square().sum().backward()
@@ -61,7 +65,7 @@ def test_loo_values_and_gradient_match_naive_autograd(chunk_size):
     torch.testing.assert_close(b.grad, br.grad, rtol=1e-10, atol=1e-11)
 
 
-def test_one_block_is_kept_for_backward_and_many_are_recomputed(monkeypatch):
+def test_blocks_are_kept_for_backward_when_small_and_recomputed_otherwise(monkeypatch):
     built = []
     orig = kde._log_kernel_block
 
@@ -72,18 +76,26 @@ def test_one_block_is_kept_for_backward_and_many_are_recomputed(monkeypatch):
 
     monkeypatch.setattr(kde, "_log_kernel_block", spy)
     q0, b = _data(20, 300, 4)
+    for chunk, n_blocks in ((None, 1), (6000, 1), (1000, 6)):  # 6000 pairs: one block; six
+        q = q0.clone().requires_grad_()
+        out = kde_log_density(q, b, 0.5, chunk_size=chunk)
+        assert len(built) == n_blocks and max(built) <= (chunk or 6000) and sum(built) == 6000
+        out.sum().backward()
+        # an explicit chunk_size also bounds the kept elements: more than one block -> recomputed
+        assert len(built) == (n_blocks if n_blocks == 1 else 2 * n_blocks), chunk
+        built.clear()
+    # the defaults: cache-sized blocks (2^18 elements on the CPU), all kept up to KEEP_ELEMENTS
+    q0, b = _data(100, 10000, 8, dtype=torch.float32)
     q = q0.clone().requires_grad_()
-    out = kde_log_density(q, b, 0.5)  # 6000 pairs: one block
-    assert built == [6000]
-    out.sum().backward()
-    assert built == [6000]  # the backward pass used the kept block
-    built.clear()
-    q = q0.clone().requires_grad_()
-    out = kde_log_density(q, b, 0.5, chunk_size=1000)
+    out = kde_log_density(q, b, 0.5)
+    assert len(built) > 1 and max(built) <= kde.DEFAULT_CHUNK_SIZE and sum(built) == 10**6
     n_fwd = len(built)
-    assert n_fwd > 1 and max(built) <= 1000 and sum(built) == 6000
     out.sum().backward()
-    assert len(built) == 2 * n_fwd and max(built) <= 1000
+    assert len(built) == n_fwd
+    built.clear()
+    q = q0[:1].clone().requires_grad_()
+    kde_log_density(q, torch.zeros(kde.KEEP_ELEMENTS + 1, 8), 0.5).sum().backward()  # one query, too many pairs
+    assert sum(built) == 2 * (kde.KEEP_ELEMENTS + 1)
 
 
 @pytest.mark.parametrize("l,h", [(8, 0.534), (32, 0.85), (128, 1.1)])
