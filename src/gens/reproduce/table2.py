@@ -77,8 +77,9 @@ def quick_classifier_epochs(data, limit) -> int:
     return max(2, math.ceil(QUICK["classifier_steps"] / steps))
 
 
-def _fid_config(opts, s, log) -> tuple[dict | None, str]:
-    """FID settings for the jobs (the in-domain classifier is trained here once, before the jobs share it)."""
+def _fid_config(opts, s, log, part: str = "table2") -> tuple[dict | None, str]:
+    """FID settings for the jobs and a line describing them (the in-domain classifier is trained here, once,
+    before the jobs share it through its cache)."""
     if opts.inception_weights:
         return ({"features": "inception", "n": s["fid_n"], "inception_weights": str(opts.inception_weights)},
                 "FID Inception-v3 features (comparable with published FIDs)")
@@ -86,7 +87,7 @@ def _fid_config(opts, s, log) -> tuple[dict | None, str]:
 
     kw = dict(cache_dir=opts.cache_dir, epochs=s["classifier_epochs"], limit=s["limit"])
     try:
-        _, info = domain_classifier(s["data"], progress=lambda t: log(f"[table2] {t}"), **kw)
+        _, info = domain_classifier(s["data"], progress=lambda t: log(f"[{part}] {t}"), **kw)
     except ValueError as err:
         return None, f"no FID: {err}"
     acc = info.get("test_accuracy")
@@ -106,7 +107,7 @@ def run(opts, units, log) -> Section:
     threads = opts.threads or (max(1, (torch.get_num_threads() or 1) // opts.jobs) if opts.jobs > 1 else None)
     base = {k: s[k] for k in ("data", "epochs", "limit", "ns", "latent_dim", "batch_size")}
     fid_key = None if fid is None else {k: v for k, v in fid.items() if k not in ("cache_dir",)}
-    jobs, rows, todo = [], {}, []
+    jobs, rows = [], {}
     for method in s["methods"]:
         kwargs = dict(opts.module_kwargs.get(method, {}))
         for seed in s["seeds"]:
@@ -136,7 +137,7 @@ def run(opts, units, log) -> Section:
             + (f", FID {row['fid']:.2f}" if row.get("fid") is not None else "")
             + (f" ({row['message']})" if row.get("message") else ""))
 
-    run_jobs([{k: v for k, v in j.items()} for j in jobs], opts.jobs, done)
+    run_jobs(jobs, opts.jobs, done)
     device = "cuda" if opts.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
     normal = {}
     for seed in s["seeds"]:

@@ -56,10 +56,11 @@ def run(opts, units, log) -> Section:
     epochs = opts.epochs or quick.get("epochs") or DEFAULT_EPOCHS[None]
     limit = opts.limit or quick.get("limit")
     threads = opts.threads or (max(1, torch.get_num_threads() // opts.jobs) if opts.jobs > 1 else None)
-    sec.text(f"Settings ({'quick (`--quick`)' if opts.quick else 'faithful defaults'}): methods {[NAMES[m] for m in methods]}"
-             f", seeds {seeds}, {epochs} epoch(s), batch 100" + (f", first {limit} images of each split" if limit else "")
-             + "; each method's constructor defaults (`arch='auto'`: convolutional networks for these colour images). "
-             "FID of min(10000, test size) samples against as many test images (CelebA: the 10% validation split).")
+    mode = "quick (`--quick`)" if opts.quick else "faithful defaults"
+    sec.text(f"Settings ({mode}): methods {[NAMES[m] for m in methods]}, seeds {seeds}, {epochs} epoch(s), batch 100"
+             + (f", first {limit} images of each split" if limit else "") + "; each method's constructor defaults "
+             "(`arch='auto'`: convolutional networks for these colour images). FID of min(10000, test size) "
+             "samples against as many test images (CelebA: the 10% validation split).")
     results, fid_texts = {}, {}
     for key in DATASETS:
         if key not in given:
@@ -71,7 +72,7 @@ def run(opts, units, log) -> Section:
                                               is not None else None)
         s = {"data": source, "fid_n": opts.fid_n, "classifier_epochs": epochs_c, "limit": limit}
         if opts.inception_weights or labels is not None:
-            fid, fid_texts[key] = _fid_config(opts, s, lambda t: log(t.replace("[table2]", "[table3]")))
+            fid, fid_texts[key] = _fid_config(opts, s, log, "table3")
         else:
             fid, fid_texts[key] = None, ("none: the images have no labels to train in-domain features on; pass "
                                          "`--inception-weights FILE` for an FID")
