@@ -2,6 +2,8 @@
 
     python benchmarks/bench_step.py                       # MNIST, FC 784-1000-1000-8, batch 100, m = 10000
     python benchmarks/bench_step.py --rounds 40 --threads 2 --json out.json
+    git show 3e4ea1c:src/gens/kde.py > /tmp/kde_old.py     # the KDE before issue 7
+    python benchmarks/bench_step.py --baseline-kde /tmp/kde_old.py   # adds a GEN queue step using it
 
 One process, torch with ``--threads`` intra-op threads (default 1, so every method sees the same
 conditions on a shared machine). Three modules with the same FC network, the same initial weights and
@@ -85,6 +87,26 @@ def make_step(module, opt):
         opt.step()
 
     return step
+
+
+def with_kde(step, path: str):
+    """``step`` run with gens.divergence using ``kde_log_density`` from the file ``path`` (an older gens.kde)."""
+    import importlib.util
+
+    import gens.divergence as div
+
+    spec = importlib.util.spec_from_file_location("baseline_kde", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def wrapped(x):
+        current, div.kde_log_density = div.kde_log_density, mod.kde_log_density
+        try:
+            step(x)
+        finally:
+            div.kde_log_density = current
+
+    return wrapped
 
 
 def batches(data, batch: int, seed: int = 1):
@@ -232,6 +254,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--no-components", action="store_true", help="skip the per-piece timings")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
+    p.add_argument("--baseline-kde", help="a gens/kde.py file: also time a GEN queue step whose JSD term uses it")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
 
@@ -250,6 +273,10 @@ def main(argv=None) -> dict:
     prime_bank(gen_q[0], bank_x)
     prime_bank(gen_r[0], bank_x)
     steps = {"ae": make_step(*ae), "gen_queue": make_step(*gen_q), "gen_refresh": make_step(*gen_r)}
+    if args.baseline_kde:
+        gen_b = build("gen", l, "queue", m, kb, args.bandwidth)
+        prime_bank(gen_b[0], bank_x)
+        steps["gen_queue_baseline_kde"] = with_kde(make_step(*gen_b), args.baseline_kde)
     t0 = time.perf_counter()
     times = time_cycles(steps, data, args.batch, kb, args.rounds)
     stats = ratio_stats(times)
