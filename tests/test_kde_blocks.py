@@ -93,9 +93,30 @@ def test_blocks_are_kept_for_backward_when_small_and_recomputed_otherwise(monkey
     out.sum().backward()
     assert len(built) == n_fwd
     built.clear()
-    q = q0[:1].clone().requires_grad_()
-    kde_log_density(q, torch.zeros(kde.KEEP_ELEMENTS + 1, 8), 0.5).sum().backward()  # one query, too many pairs
-    assert sum(built) == 2 * (kde.KEEP_ELEMENTS + 1)
+    monkeypatch.setattr(kde, "KEEP_ELEMENTS", 10**6 - 1)  # one pair too many to keep: recomputed
+    q = q0.clone().requires_grad_()
+    kde_log_density(q, b, 0.5).sum().backward()
+    assert len(built) == 2 * n_fwd
+
+
+def test_nothing_is_kept_without_a_gradient_to_come(monkeypatch):
+    keeps = []
+    orig = kde._LogKernelSum.apply
+
+    def spy(q, b, h, chunk, keep, loo):
+        keeps.append(keep)
+        return orig(q, b, h, chunk, keep, loo)
+
+    monkeypatch.setattr(kde._LogKernelSum, "apply", spy)
+    q, b = _data(10, 50, 3)
+    kde_log_density(q, b, 0.5)  # no input requires grad
+    kde_log_density(q.requires_grad_(), b, 0.5)
+    with torch.no_grad():
+        kde_log_density(q, b, 0.5)
+        kde_log_density_loo(b.requires_grad_(), 0.5)
+    kde_log_density_loo(b, 0.5)
+    kde_log_density(q, b, 0.5, chunk_size=100)
+    assert keeps == [0, kde.KEEP_ELEMENTS, 0, 0, kde.KEEP_ELEMENTS, 100]
 
 
 @pytest.mark.parametrize("l,h", [(8, 0.534), (32, 0.85), (128, 1.1)])

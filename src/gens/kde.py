@@ -6,9 +6,9 @@ log G_h(u) = -||u||^2 / (2 h^2) - l log h - (l / 2) log(2 pi).
 Kernel sums stream over blocks of queries and of the bank with a running logsumexp, so no block of
 the (n, m) kernel matrix holds more than ``chunk_size`` elements. Blocks are small enough by default
 (2^18 elements on the CPU) that the passes over one block run in cache. When the whole (n, m) matrix
-is small (a GEN minibatch against its bank: n * m <= ``KEEP_ELEMENTS``, or ``chunk_size`` when given)
-the forward pass keeps the blocks' exponentials for the backward pass; otherwise the backward pass
-recomputes the blocks instead of storing them. A block is one ``addmm``: the squared distance's query
+is small (a GEN minibatch against its bank: n * m <= ``KEEP_ELEMENTS`` = 2^24, or ``chunk_size`` when
+given) and a gradient is wanted, the forward pass keeps the blocks' exponentials for the backward pass;
+otherwise the backward pass recomputes the blocks instead of storing them. A block is one ``addmm``: the squared distance's query
 term -||q||^2 / (2 h^2) is constant along the bank and is added after the logsumexp, which is taken
 in base 2 (``exp2`` is faster than ``exp`` on CPU).
 """
@@ -21,18 +21,19 @@ import torch
 
 from gens._validation import check_float, check_int, check_matrix
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_CHUNK_SIZE_GPU", "KEEP_ELEMENTS", "log_gaussian_kernel", "kde_log_density", "kde_log_density_loo"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_CHUNK_SIZE_GPU", "KEEP_ELEMENTS", "log_gaussian_kernel", "kde_log_density",
+           "kde_log_density_loo"]
 
 DEFAULT_CHUNK_SIZE = 2**18  # elements of one kernel block on the CPU (2 MiB in float64: stays in cache)
 DEFAULT_CHUNK_SIZE_GPU = 2**22  # on other devices, where fewer, larger kernels are faster
-KEEP_ELEMENTS = 2**22  # with the default chunk size: kept block elements between forward and backward
+KEEP_ELEMENTS = 2**24  # with the default chunk size: most block elements kept for backward (64 MiB float32)
 
 
-def _defaults(device, chunk_size):
-    """(block size, most block elements kept for backward): the defaults, or chunk_size for both."""
-    if chunk_size is not None:
-        return chunk_size, chunk_size
-    return (DEFAULT_CHUNK_SIZE if device.type == "cpu" else DEFAULT_CHUNK_SIZE_GPU), KEEP_ELEMENTS
+def _defaults(device, chunk_size, grad: bool):
+    """(block size, most block elements kept for backward): the defaults, or chunk_size for both; nothing
+    is kept without a backward pass to come (``grad`` False)."""
+    chunk = chunk_size or (DEFAULT_CHUNK_SIZE if device.type == "cpu" else DEFAULT_CHUNK_SIZE_GPU)
+    return chunk, (0 if not grad else chunk_size or KEEP_ELEMENTS)
 
 
 def log_gaussian_kernel(sq_dist: torch.Tensor, h: float, dim: int) -> torch.Tensor:
@@ -162,7 +163,8 @@ def _prepare(query, bank, h, chunk_size, loo):
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     check_matrix("bank", bank, min_rows=2 if loo else 1)
-    chunk = _defaults(bank.device, chunk_size)
+    grad = torch.is_grad_enabled() and (bank.requires_grad or (query is not None and query.requires_grad))
+    chunk = _defaults(bank.device, chunk_size, grad)
     if query is not None:
         check_matrix("query", query, columns=bank.shape[1])
         dtype = torch.promote_types(query.dtype, bank.dtype)
