@@ -149,8 +149,9 @@ def latent_scatter(
     The target is a Gaussian mixture given as weights (K,), means (K, l), covs (K, l, l) (leave all
     three None to draw no contours); it is projected with the same linear map as the latents
     (:func:`project_2d`), so the contours are the exact marginal density of the target in the plotted
-    plane, drawn over the points at 1, 2 and 3 standard deviations from a mode (solid, dashed,
-    dotted). For l == 1 the latents are drawn as a histogram under the target's 1-D density.
+    plane, drawn over the points at 1, 2 and 3 standard deviations (solid, dashed, dotted); for a mixture
+    each component's 1 and 2 sd ellipses. For l == 1 the latents are drawn as a histogram under the
+    target's 1-D density.
     """
     plt = pyplot()
     z = np.asarray(z, dtype=np.float64)
@@ -183,7 +184,9 @@ def latent_scatter(
             gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 120), np.linspace(lo[1], hi[1], 120))
             dens = _mixture_density_2d(np.stack([gx.ravel(), gy.ravel()], 1), weights, m2, c2)
         _scatter(ax, z2, labels)
-        if have_target:  # drawn over the points, at the 1, 2 and 3 sd levels of the tallest component
+        if have_target and len(m2) > 1:  # a mixture: each component's 1 and 2 sd ellipses
+            _component_ellipses(ax, m2, c2)
+        elif have_target:  # drawn over the points, at the 1, 2 and 3 sd levels
             peak = _mixture_density_2d(m2, weights, m2, c2).max()
             levels = sorted(peak * np.exp(-0.5 * np.array([1.0, 2.0, 3.0]) ** 2))
             ax.contour(gx, gy, dens.reshape(gx.shape), levels=levels, colors="k", linewidths=1.2,
@@ -194,6 +197,17 @@ def latent_scatter(
         ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title or f"latents (l={z.shape[1]}) over the target's density")
     return _save(fig, path)
+
+
+def _component_ellipses(ax, means, covs) -> None:
+    """The 1 sd (solid) and 2 sd (dashed) ellipses of every 2-D Gaussian component: means (K, 2), covs (K, 2, 2)."""
+    t = np.linspace(0.0, 2.0 * np.pi, 100)
+    circle = np.stack([np.cos(t), np.sin(t)])  # (2, 100)
+    for mu, cov in zip(means, covs):
+        vals, vecs = np.linalg.eigh(cov)
+        ring = vecs @ (np.sqrt(np.clip(vals, 0.0, None))[:, None] * circle)
+        for r, style in ((1.0, "-"), (2.0, "--")):
+            ax.plot(mu[0] + r * ring[0], mu[1] + r * ring[1], "k", ls=style, lw=1.0, zorder=3)
 
 
 def _scatter(ax, z2, labels) -> None:
