@@ -240,20 +240,27 @@ def test_checkpoint_round_trip(method, digits, tmp_path, monkeypatch):
         torch.testing.assert_close(back._restored["latents"], module.bank.latents())
 
 
-@pytest.mark.parametrize("correction", [False, True])
-def test_bank_capped_at_the_data_and_h_opt_computed_for_the_capped_m(digits, correction, tmp_path, monkeypatch):
+@pytest.mark.parametrize("correction, scale", [(False, 1.0), (True, 1.0), (False, 0.75)])
+def test_bank_capped_at_the_data_and_h_opt_computed_for_the_capped_m(digits, correction, scale, tmp_path, monkeypatch):
     from gens.bandwidth import corrected_bandwidth, optimal_bandwidth
 
     monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path))
     gen = GENModule(SHAPE, 2, **{**GEN_SMALL, "bank_size": 5000, "bandwidth": None,
-                                 "bandwidth_correction": correction})
+                                 "bandwidth_correction": correction, "bandwidth_scale": scale})
     assert math.isnan(float(gen.bandwidth_h))
     with pytest.warns(UserWarning, match="bank_size: 5000 is larger than the 360 training samples; using m = 360"):
         _trainer(limit_train_batches=1).fit(gen, datamodule=GensDataModule(digits, batch_size=50))
     assert gen.bank.size == 360 and len(gen.bank) == 360
     h = optimal_bandwidth(StandardNormal(2), 360).h
     assert 0.2 < h < 0.6  # Table 1, l = 2: 0.46 at m = 250, 0.41 at m = 500
-    assert float(gen.bandwidth_h) == pytest.approx(corrected_bandwidth(h) if correction else h, rel=1e-12)
+    expected = (corrected_bandwidth(h) if correction else h) * scale
+    assert float(gen.bandwidth_h) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, 1.5, float("nan")])
+def test_bandwidth_scale_outside_0_1_is_refused(scale):
+    with pytest.raises(ValueError, match="^bandwidth_scale: "):
+        GENModule(SHAPE, 2, bandwidth_scale=scale, **SMALL)
 
 
 def test_bandwidth_at_least_one_warns_with_advice():

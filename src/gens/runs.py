@@ -62,6 +62,7 @@ DEFAULTS = {
     "refresh_every": 10,
     "bandwidth": None,
     "bandwidth_correction": False,
+    "bandwidth_scale": None,  # GEN: the method's own default
     "target": "normal",
     "labels": None,  # semisupervised: training labels kept, balanced per class (None: all)
     "hidden": [1000, 1000],
@@ -86,6 +87,7 @@ DEFAULT_EPOCHS = {"digits": 40, None: 12}
 _MODULE_KEYS = {
     "lr": "lr", "lam": "lam", "objective": "objective", "bank_mode": "bank_mode", "bank_size": "bank_size",
     "refresh_every": "refresh_every", "bandwidth": "bandwidth", "bandwidth_correction": "bandwidth_correction",
+    "bandwidth_scale": "bandwidth_scale",
     "hidden": "hidden", "arch": "arch", "labels": "n_labels",
 }
 

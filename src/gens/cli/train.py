@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       f"{_d('refresh_every')})")
     a("--bandwidth", type=float, default=S, help="GEN: kernel bandwidth h (default: h_opt for the target and m)")
     a("--bandwidth-correction", action="store_true", default=S, help="GEN: use h / sqrt(1 + h^2)")
+    a("--bandwidth-scale", type=float, default=S,
+      help="GEN: multiply h_opt by this factor in (0, 1] (default: the GEN's, see BENCHMARKS.md)")
     a("--target", default=S, help=f"GEN/AAE/WAE target: normal | mog:K | mog:K:SCALE | mog with --modes K "
       f"(default: {_d('target')}; semisupervised: mog:10)")
     a("--modes", type=int, default=None, help="number K of mixture modes for --target mog")

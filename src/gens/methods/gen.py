@@ -25,6 +25,9 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * J, the decoder
 - ``bandwidth``: h; None = h_opt(p_t, m) from ``gens.bandwidth.optimal_bandwidth`` (cached), computed
   when training starts and kept in the ``bandwidth_h`` buffer, so checkpoints carry it.
   ``bandwidth_correction=True`` uses h / sqrt(1 + h^2) (``gens.bandwidth.corrected_bandwidth``).
+  ``bandwidth_scale`` multiplies the resolved h_opt (not a given ``bandwidth``): the regulariser only sees
+  q * G_h, so structure of q finer than h goes unpenalised; a smaller h constrains finer scales at the
+  price of a noisier KDE (measured in BENCHMARKS.md, "Training defaults").
 - Generation (Sec. 4): ``latent_distribution()`` is p_t shrunk by the kernel (N(0, (1 - h^2) I) for
   N(0, I); every mixture component's covariance minus h^2 I); ``sample`` decodes draws from it.
 
@@ -46,6 +49,7 @@ __all__ = ["GENModule", "OBJECTIVES", "DEFAULT_LAM"]
 
 OBJECTIVES = ("nonsaturating", "literal", "kl")
 DEFAULT_LAM = 0.01
+DEFAULT_BANDWIDTH_SCALE = 1.0
 
 
 class GENModule(BaseAutoencoder):
@@ -55,7 +59,7 @@ class GENModule(BaseAutoencoder):
                  betas=(0.5, 0.999), target_spec=None, bandwidth=None, bandwidth_correction: bool = False,
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
                  bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
-                 eps: float | None = None, query_noise: bool = False):
+                 eps: float | None = None, query_noise: bool = False, bandwidth_scale: float = DEFAULT_BANDWIDTH_SCALE):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)
         self.query_noise = bool(query_noise)
         self.target = make_target(target_spec, self.latent_dim)
@@ -66,6 +70,8 @@ class GENModule(BaseAutoencoder):
         self.refresh_every = check_int("refresh_every", refresh_every, minimum=1)
         self.bank_reshuffle = bool(bank_reshuffle)
         self.bandwidth_correction = bool(bandwidth_correction)
+        self.bandwidth_scale = check_float("bandwidth_scale", bandwidth_scale, minimum=0.0, maximum=1.0,
+                                           min_inclusive=False)
         self.eps = None if eps is None else check_float("eps", eps, minimum=0.0, min_inclusive=False)
         h = math.nan
         if bandwidth is not None:
@@ -93,6 +99,7 @@ class GENModule(BaseAutoencoder):
         h = float(optimal_bandwidth(self.target, m, warn=False).h)  # warned below, with the GEN's options
         if self.bandwidth_correction:
             h = float(corrected_bandwidth(h))
+        h *= self.bandwidth_scale
         _check_h(h, m, self.latent_dim)
         self.bandwidth_h.fill_(h)
 
