@@ -316,3 +316,22 @@ def test_kl_density_floor_scales_with_the_target_and_nan_latents_give_a_nan_loss
     torch.testing.assert_close(gen.jsd_term(z), gen_jsd_term(z, gen.bank.latents(), StandardNormal(8), 0.5, "kl",
                                                              eps=1e-3 * (2 * math.pi) ** -4))
     assert math.isnan(float(gen.jsd_term(torch.full((4, 8), math.nan))))
+
+
+def test_query_noise_evaluates_the_term_at_noisy_latents_in_training_only():
+    from gens.divergence import gen_jsd_term
+
+    gen = GENModule(SHAPE, 2, query_noise=True, **GEN_SMALL)
+    bank = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    gen.bank.fill(bank)
+    z = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
+    plain = gen_jsd_term(z, bank, gen.target, 0.5)
+    gen.eval()
+    torch.testing.assert_close(gen.jsd_term(z), plain)  # no noise outside training
+    gen.train()
+    torch.manual_seed(2)
+    noisy = gen.jsd_term(z)
+    torch.manual_seed(2)
+    expected = gen_jsd_term(z + 0.5 * torch.randn_like(z), bank, gen.target, 0.5)
+    torch.testing.assert_close(noisy, expected)
+    assert float(noisy) != pytest.approx(float(plain), rel=1e-3)
