@@ -84,10 +84,9 @@ def run(opts, units, log) -> Section:
 
 
 def _plot(values, grid, out) -> str:
-    import matplotlib
+    from gens.plots import pyplot, save_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from pathlib import Path
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -105,7 +104,5 @@ def _plot(values, grid, out) -> str:
     ax.set_title("Table 1: h_opt(l, m); open circles = paper")
     ax.legend(fontsize=8)
     rel = Path("figures") / "table1_hopt.png"
-    fig.tight_layout()
-    fig.savefig(Path(out) / rel, dpi=110)
-    plt.close(fig)
+    save_figure(fig, Path(out) / rel, dpi=110)
     return str(rel)

@@ -254,10 +254,9 @@ def _paper(key, n) -> str:
 
 
 def _plot(s, rows, normal, out) -> str:
-    import matplotlib
+    from gens.plots import pyplot, save_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ns, seeds = s["ns"], s["seeds"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -281,7 +280,5 @@ def _plot(s, rows, normal, out) -> str:
     ax.set_title("Table 2: measured (solid) vs paper (dashed)")
     ax.legend(fontsize=8)
     rel = Path("figures") / "table2_entropy.png"
-    fig.tight_layout()
-    fig.savefig(Path(out) / rel, dpi=110)
-    plt.close(fig)
+    save_figure(fig, Path(out) / rel, dpi=110)
     return str(rel)
