@@ -32,13 +32,7 @@ def _grid_px(n, nrow, side=8, pad=1, scale=4):
     return ((rows * (side + pad) + pad) * scale, (nrow * (side + pad) + pad) * scale)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is as fast and avoids spinning threads on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from gens.checkpoint import UnsafeCheckpointError
 from gens.estimators import AAE, AE, EXPECTED_FAILED_CHECKS, GEN, VAE, WAE, load
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is as fast and avoids spinning threads on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(cls, **kw):

@@ -9,13 +9,7 @@ import gens.kde as kde
 from gens.kde import kde_log_density, kde_log_density_loo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these tensors are small: torch's thread pool only adds contention on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n, m, dim, seed=0, dtype=torch.float64):

@@ -10,12 +10,7 @@ import gens.kde as kde
 from gens.kde import kde_log_density, kde_log_density_loo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _naive(q, b, h, loo=False):

@@ -18,13 +18,7 @@ from gens.evaluation.novelty import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp_decoder(l=3, shape=(1, 3, 4), dtype=torch.float64, seed=0):

@@ -26,12 +26,7 @@ TINY_NETS = {m: {"hidden": [32]} for m in ("gen", "ae", "vae", "aae")}
 TINY_NETS["gen"].update(bank_size=200, bandwidth=0.6)  # no h_opt search in the tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -67,14 +67,7 @@ def _assert_same(a, b):
         assert torch.equal(bank_a["indices"], bank_b["indices"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread here and in the killed subprocess (OMP_NUM_THREADS=1): the same arithmetic in
-    both processes, and no spinning threads on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

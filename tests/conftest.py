@@ -1,0 +1,15 @@
+"""Shared fixtures."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a test module: its tensors and networks are tiny, and on a shared
+    2-core CPU a thread pool only adds contention (test_resume also needs the same arithmetic as its
+    OMP_NUM_THREADS=1 subprocess)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
