@@ -196,7 +196,7 @@ def latent_scatter(
         ax.set_ylabel(f"{axis}2")
         ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title or f"latents (l={z.shape[1]}) over the target's density")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _component_ellipses(ax, means, covs) -> None:
@@ -297,7 +297,7 @@ def loss_curves(metrics_csv, path, title: str | None = None) -> Path:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_figure(fig, path, dpi: int = 100) -> Path:
@@ -309,5 +309,3 @@ def save_figure(fig, path, dpi: int = 100) -> Path:
     pyplot().close(fig)
     return path
 
-
-_save = save_figure
