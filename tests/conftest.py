@@ -13,3 +13,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def kernel_block_sizes(monkeypatch):
+    """The element count of every kernel block ``gens.kde`` builds during the test, in order."""
+    from gens import kde
+
+    sizes = []
+    orig = kde._log_kernel_block
+
+    def spy(*args):
+        out = orig(*args)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(kde, "_log_kernel_block", spy)
+    return sizes

@@ -57,16 +57,8 @@ def test_loo_matches_brute_force_loop():
         torch.testing.assert_close(kde_log_density_loo(b, h, chunk_size=chunk), want, rtol=1e-12, atol=1e-12)
 
 
-def test_chunks_never_exceed_budget(monkeypatch):
-    sizes = []
-    orig = kde._log_kernel_block
-
-    def spy(*args):
-        out = orig(*args)
-        sizes.append(out.numel())
-        return out
-
-    monkeypatch.setattr(kde, "_log_kernel_block", spy)
+def test_chunks_never_exceed_budget(kernel_block_sizes):
+    sizes = kernel_block_sizes
     q, b = _data(100, 1000, 8)
     budget = 1024
     got = kde_log_density(q, b, 0.5, chunk_size=budget)

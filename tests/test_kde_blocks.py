@@ -60,16 +60,8 @@ def test_loo_values_and_gradient_match_naive_autograd(m, chunk_size):
     torch.testing.assert_close(b.grad, br.grad, rtol=1e-10, atol=1e-11)
 
 
-def test_blocks_are_kept_for_backward_when_small_and_recomputed_otherwise(monkeypatch):
-    built = []
-    orig = kde._log_kernel_block
-
-    def spy(*args):
-        out = orig(*args)
-        built.append(out.numel())
-        return out
-
-    monkeypatch.setattr(kde, "_log_kernel_block", spy)
+def test_blocks_are_kept_for_backward_when_small_and_recomputed_otherwise(kernel_block_sizes, monkeypatch):
+    built = kernel_block_sizes
     q0, b = _data(20, 300, 4)
     for chunk, n_blocks in ((None, 1), (6000, 1), (1000, 6)):  # 6000 pairs: one block; six
         q = q0.clone().requires_grad_()
