@@ -29,7 +29,7 @@ import sys
 
 
 def fields(ns) -> list[str]:
-    return ["config", "epochs", "seed", "status", "recon", *[f"H{n}" for n in ns], "mean_abs_z", "min_std",
+    return ["config", "epochs", "seed", "status", "recon", *[f"H{n}" for n in ns], "Htrain", "mean_abs_z", "min_std",
             "max_std", "sample_fd", "epoch_s", "h", "message"]
 
 
@@ -61,6 +61,10 @@ def _split(text: str):
     yield cur
 
 
+def _slug(config: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._=-" else "_" for ch in config)
+
+
 def run_one(job: dict) -> dict:
     """Train one configuration and measure it (``gens.reproduce.measure.train_and_measure``); never raises."""
     from gens.reproduce.measure import train_and_measure
@@ -90,7 +94,7 @@ def fmt(row: dict, ns) -> str:
     hs = " ".join(f(f"H{n}", "6.2f") for n in ns)
     return (f"{row['config']:<48} ep={row['epochs']:<3} seed={row['seed']:<2} {row['status']:<8} recon={f('recon', '.4f')} "
             f"H({'/'.join(map(str, ns))})={hs} |z|={f('mean_abs_z', '.2f')} std=[{f('min_std', '.2f')},{f('max_std', '.2f')}] "
-            f"fd={f('sample_fd', '.1f')} epoch={f('epoch_s', '.1f')}s h={f('h', '.3f')} {row.get('message', '')}")
+            f"Htrain={f('Htrain', '.2f')} fd={f('sample_fd', '.1f')} epoch={f('epoch_s', '.1f')}s h={f('h', '.3f')} {row.get('message', '')}")
 
 
 def main(argv=None) -> int:
@@ -108,11 +112,19 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (spawned processes)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per training (CPU)")
     p.add_argument("--out", default=None, help="CSV file the rows are appended to")
+    p.add_argument("--train-entropy", action="store_true",
+                   help="also measure the entropy of max(--ns) training latents (column Htrain)")
+    p.add_argument("--save-latents", default=None, metavar="DIR",
+                   help="save each training's test latents to DIR/<config>-ep<E>-s<seed>.npy")
     args = p.parse_args(argv)
+    if args.save_latents:
+        os.makedirs(args.save_latents, exist_ok=True)
     for c in args.configs:
         parse_config(c)  # fail early on a malformed config
     jobs = [dict(config=c, epochs=e, seed=s, data=args.data, latent_dim=args.latent_dim, batch_size=args.batch_size,
-                 limit=args.limit, ns=sorted(args.ns), accelerator=args.accelerator, threads=args.threads)
+                 limit=args.limit, ns=sorted(args.ns), accelerator=args.accelerator, threads=args.threads,
+                 train_entropy=args.train_entropy,
+                 latents_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-ep{e}-s{s}.npy"))
             for e in args.epochs for c in args.configs for s in args.seeds]
 
     import torch

@@ -248,3 +248,20 @@ def test_cli_table3_skip_writes_report(tmp_path, capsys):
     assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
     text = (out / "report.md").read_text()
     assert "Command: `gens reproduce table3 --out " in text and "--quiet" not in text
+
+
+def test_measure_train_entropy_and_saved_latents(tmp_path):
+    """``train_entropy`` measures the same estimator on training latents; ``latents_out`` saves the test latents
+    that the H columns were computed from (recomputed here from the saved array)."""
+    from gens.evaluation.entropy import latent_entropy
+    from gens.reproduce.measure import train_and_measure
+
+    path = tmp_path / "z.npy"
+    row = train_and_measure({"method": "ae", "kwargs": {"hidden": [32]}, "data": "digits", "epochs": 1, "seed": 0,
+                             "ns": [200], "accelerator": "cpu", "train_entropy": True, "latents_out": str(path)})
+    assert row["status"] == "ok", row["message"]
+    z = torch.from_numpy(np.load(path))
+    assert z.shape == (row["n_test"], 8)
+    perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(0))
+    assert row["H200"] == pytest.approx(latent_entropy(z[perm][:200]), rel=1e-6)
+    assert math.isfinite(row["Htrain"]) and row["Htrain"] != row["H200"]

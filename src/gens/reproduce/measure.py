@@ -16,7 +16,11 @@ A job is a plain dict (so it can go to a spawned process)::
      "batch_size": 100, "limit": None, "ns": [1000, 2000, 5000, 10000], "accelerator": "auto",
      "threads": None, "fid": None | {"features": "domain" | "inception", "n": 10000, "source": "mnist:DIR",
      "cache_dir": None, "classifier_epochs": None, "classifier_limit": None, "inception_weights": None},
-     "samples_png": None | "path/to/grid.png", "label": "gen seed 0", "progress": True}
+     "samples_png": None | "path/to/grid.png", "label": "gen seed 0", "progress": True,
+     "train_entropy": False, "latents_out": None | "path/to/latents.npy"}
+
+``train_entropy`` adds ``Htrain``: the entropy of max(ns) training latents (does the regulariser's effect on
+the training latents carry over to the test latents?); ``latents_out`` saves the test latents (n_test, l).
 
 Settings the job leaves out come from the method's own defaults (``gens.methods``) and ``gens.training``.
 """
@@ -164,6 +168,15 @@ def _train_and_measure(job: dict) -> dict:
         perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(job["seed"]))
         for n, H in entropies(z[perm], job["ns"], device).items():
             row[f"H{n}"] = H
+        if job.get("train_entropy"):  # the same entropy on as many training latents: a generalisation check
+            xt = trainer.datamodule.train_tensor()
+            zt = encode_all(module, xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(job["seed"]))
+                                       [: max(job["ns"])]])
+            row["Htrain"] = entropies(zt, [len(zt)], device).get(len(zt))
+        if job.get("latents_out"):
+            import numpy as np
+
+            np.save(job["latents_out"], z.float().cpu().numpy())
         try:
             fake = sample_images(module, min(10000, len(x)), job["seed"]).reshape(-1, *x.shape[1:])
         except ValueError as err:  # e.g. a GEN with h >= 1 has no shrunk target to sample from
