@@ -335,3 +335,49 @@ def test_query_noise_evaluates_the_term_at_noisy_latents_in_training_only():
     expected = gen_jsd_term(z + 0.5 * torch.randn_like(z), bank, gen.target, 0.5)
     torch.testing.assert_close(noisy, expected)
     assert float(noisy) != pytest.approx(float(plain), rel=1e-3)
+
+
+def test_sample_keys_are_exact_content_keys():
+    from gens.bank import sample_keys
+
+    x = torch.as_tensor(load_dataset("digits")[0])
+    k = sample_keys(x)
+    assert k.dtype == torch.int64 and k.shape == (len(x),)
+    torch.testing.assert_close(sample_keys(x[100:150]), k[100:150])  # any batch, any chunking: the same key
+    torch.testing.assert_close(sample_keys(x, chunk_size=7), k)
+    torch.testing.assert_close(sample_keys(x.double()), k)  # keyed on the float32 values
+    u = torch.unique(x.flatten(1), dim=0)  # identical images share a key, distinct ones do not
+    assert len(torch.unique(sample_keys(u))) == len(u)
+    y = x[:5].clone()
+    y[0, 0, 3, 3] += 1e-6
+    assert sample_keys(y)[0] != k[0] and (sample_keys(y)[1:] == k[1:5]).all()
+
+
+@pytest.mark.parametrize("loo", [True, False])
+def test_leave_one_out_drops_the_minibatchs_own_rows_from_the_bank(digits, loo):
+    """With the whole training set in the bank every query meets its own lagged encoding; leave_one_out
+    evaluates eq. 3 against the bank without the minibatch's rows (reference: gen_jsd_term on that bank)."""
+    L.seed_everything(0, verbose=False)
+    gen = GENModule(SHAPE, 2, **{**GEN_SMALL, "bank_size": 400, "leave_one_out": loo})
+    seen = []
+    orig = gen.jsd_term
+
+    def spy(z, x=None):
+        out = orig(z, x)
+        if gen.training:
+            seen.append((z.detach(), x, gen.bank.latents().clone(), gen._bank_x, out.detach()))
+        return out
+
+    gen.jsd_term = spy
+    dm = GensDataModule(digits, batch_size=50, val_fraction=0.0)
+    _trainer(limit_train_batches=3).fit(gen, datamodule=dm)
+    assert len(seen) == 3
+    for z, x, bank, bank_x, term in seen:
+        own = (bank_x.flatten(1)[:, None, :] == x.flatten(1)[None]).all(-1).any(1)  # (m,) rows encoding x
+        assert int(own.sum()) >= len(x)  # every query's sample is in the bank (duplicates may add more)
+        want = gen_jsd_term(z, bank[~own] if loo else bank, gen.target, 0.5)
+        torch.testing.assert_close(term, want)
+    gen.eval()  # validation and scoring use the whole bank
+    z, x, bank, *_ = seen[-1]
+    gen.bank.fill(bank)
+    torch.testing.assert_close(gen.jsd_term(z, x), gen_jsd_term(z, bank, gen.target, 0.5))

@@ -22,7 +22,7 @@ import torch
 
 from gens._validation import check_choice, check_int
 
-__all__ = ["LatentBank", "all_gather_rows", "world"]
+__all__ = ["LatentBank", "all_gather_rows", "world", "sample_keys"]
 
 MODES = ("refresh", "queue")
 
@@ -53,6 +53,27 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+
+def sample_keys(x: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Content keys of samples x: (n, *shape) -> (n,) int64, equal for identical samples.
+
+    Exact integer arithmetic on the float32 bit patterns (so the key of a sample does not depend on the
+    batch it is computed in, or the device): a random linear combination of each value's two 16-bit halves.
+    Distinct samples collide with tiny probability. Used to leave a query's own sample out of the bank.
+    """
+    d = 1
+    for s in x.shape[1:]:
+        d *= int(s)
+    if d > 2**23:
+        raise ValueError(f"x: samples of at most 2^23 values can be keyed, got {d}")
+    g = torch.Generator().manual_seed(0x6E5)
+    coeff = torch.randint(1, 2**22, (2, d), generator=g, dtype=torch.int64).to(x.device)
+    out = []
+    for c in x.reshape(x.shape[0], d).split(chunk_size):
+        bits = c.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        out.append(((bits & 0xFFFF) * coeff[0]).sum(1) + ((bits >> 16) * coeff[1]).sum(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
 
 
 class LatentBank:
