@@ -316,7 +316,8 @@ class GEN(_GensEstimator):
     Parameters: ``latent_dim``; ``lam`` (None: the module's default), ``objective``
     ("nonsaturating" | "literal" | "kl"), ``bank_mode`` ("refresh" | "queue"), ``bank_size`` (m, capped
     at the training samples), ``refresh_every`` (kb), ``bandwidth`` (None: h_opt), ``bandwidth_correction``,
-    ``bandwidth_scale`` (factor on h_opt; None: the module's default),
+    ``bandwidth_scale`` (factor on h_opt; None: the module's default), ``leave_one_out`` (refresh mode: leave
+    each minibatch's own samples out of the bank),
     ``target`` (None or "normal": N(0, I); "mog:K[:SCALE]"; a spec dict; a ``gens.targets.Target``);
     shared: ``max_epochs``, ``batch_size``, ``lr``, ``hidden``, ``arch``, ``scaling``, ``val_fraction``,
     ``accelerator``, ``random_state``, ``verbose``. See the module docstring for the attributes.
@@ -324,11 +325,11 @@ class GEN(_GensEstimator):
 
     _method = "gen"
     _module_params = ("lam", "objective", "bank_mode", "bank_size", "refresh_every", "bandwidth",
-                      "bandwidth_correction", "bandwidth_scale")
+                      "bandwidth_correction", "bandwidth_scale", "leave_one_out")
 
     def __init__(self, latent_dim=8, *, lam=None, objective="nonsaturating", bank_mode="refresh", bank_size=10000,
-                 refresh_every=10, bandwidth=None, bandwidth_correction=False, bandwidth_scale=None, target=None,
-                 max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto",
+                 refresh_every=10, bandwidth=None, bandwidth_correction=False, bandwidth_scale=None,
+                 leave_one_out=True, target=None, max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto",
                  val_fraction=0.0, accelerator="cpu", random_state=None, verbose=False):
         _set_params(self, locals())
 
@@ -399,7 +400,8 @@ class SemiSupervisedGEN(ClassifierMixin, GEN):
 
     def __init__(self, latent_dim=8, *, n_modes=None, mode_scale=6.0, sup_weight=1.0, supervision="ce",
                  labelled_batch=100, lam=None, objective="nonsaturating", bank_mode="refresh", bank_size=10000,
-                 refresh_every=10, bandwidth=None, bandwidth_correction=False, bandwidth_scale=None, target=None,
+                 refresh_every=10, bandwidth=None, bandwidth_correction=False, bandwidth_scale=None,
+                 leave_one_out=True, target=None,
                  max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto",
                  val_fraction=0.0, accelerator="cpu", random_state=None, verbose=False):
         _set_params(self, locals())

@@ -63,6 +63,7 @@ DEFAULTS = {
     "bandwidth": None,
     "bandwidth_correction": False,
     "bandwidth_scale": None,  # GEN: the method's own default
+    "leave_one_out": True,  # GEN (refresh): leave the minibatch's own samples out of the bank
     "target": "normal",
     "labels": None,  # semisupervised: training labels kept, balanced per class (None: all)
     "hidden": [1000, 1000],
@@ -87,7 +88,7 @@ DEFAULT_EPOCHS = {"digits": 40, None: 12}
 _MODULE_KEYS = {
     "lr": "lr", "lam": "lam", "objective": "objective", "bank_mode": "bank_mode", "bank_size": "bank_size",
     "refresh_every": "refresh_every", "bandwidth": "bandwidth", "bandwidth_correction": "bandwidth_correction",
-    "bandwidth_scale": "bandwidth_scale",
+    "bandwidth_scale": "bandwidth_scale", "leave_one_out": "leave_one_out",
     "hidden": "hidden", "arch": "arch", "labels": "n_labels",
 }
 

@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--bandwidth-correction", action="store_true", default=S, help="GEN: use h / sqrt(1 + h^2)")
     a("--bandwidth-scale", type=float, default=S,
       help="GEN: multiply h_opt by this factor in (0, 1] (default: the GEN's, see BENCHMARKS.md)")
+    a("--no-leave-one-out", dest="leave_one_out", action="store_false", default=S,
+      help="GEN: keep a minibatch's own samples in the bank when eq. 3 is evaluated (biased; default: left out)")
     a("--target", default=S, help=f"GEN/AAE/WAE target: normal | mog:K | mog:K:SCALE | mog with --modes K "
       f"(default: {_d('target')}; semisupervised: mog:10)")
     a("--modes", type=int, default=None, help="number K of mixture modes for --target mog")

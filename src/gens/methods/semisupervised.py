@@ -104,7 +104,7 @@ class SemiSupervisedGENModule(GENModule):
                  eps: float | None = None, n_modes: int | None = None, mode_scale: float = 6.0,
                  sup_weight: float = 1.0, supervision: str = "ce", labelled_batch: int = 100,
                  n_labels: int | None = None, label_seed: int = 0, bandwidth_scale: float = 1.0,
-                 query_noise: bool = False):
+                 query_noise: bool = False, leave_one_out: bool = True):
         given = n_modes is not None
         n_modes = check_int("n_modes", DEFAULT_MODES if n_modes is None else n_modes, minimum=2)
         mode_scale = check_float("mode_scale", mode_scale, minimum=0.0, min_inclusive=False)
@@ -113,7 +113,7 @@ class SemiSupervisedGENModule(GENModule):
                            "dim": check_int("latent_dim", latent_dim, minimum=1), "scale": mode_scale}
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas, target_spec, bandwidth,
                          bandwidth_correction, lam, objective, bank_mode, bank_size, refresh_every, bank_reshuffle,
-                         eps, query_noise=query_noise, bandwidth_scale=bandwidth_scale)
+                         eps, query_noise=query_noise, bandwidth_scale=bandwidth_scale, leave_one_out=leave_one_out)
         k = self.target.n_components
         if given and k != n_modes:
             raise ValueError(f"n_modes: is {n_modes} but the target has {k} components; give a target with "
