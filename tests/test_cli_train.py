@@ -127,6 +127,7 @@ def test_interpolate_test_mode_shows_originals(run_dir, tmp_path):
 
 @pytest.mark.parametrize("argv,start", [
     (["train", "--method", "ae", "--lam", "0.1"], "lam: is not an option of method 'ae'"),
+    (["train", "--method", "ae", "--no-leave-one-out"], "leave_one_out: is not an option of method 'ae'"),
     (["train", "--target", "mog:x"], "target: must be"),
     (["train", "--latent-dim", "0"], "latent_dim: must be"),
     (["train", "--resume", "{tmp}/nothing"], "resume:"),
@@ -150,3 +151,13 @@ def test_help_does_not_import_torch():
             "p.parse_args(['train', '--epochs', '3']); print('torch' in sys.modules, 'lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_no_leave_one_out_reaches_the_gen():
+    from gens.cli import build_parser
+    from gens.cli.train import _options
+    from gens.runs import module_kwargs, resolve_config
+
+    for argv, want in ((["train"], True), (["train", "--no-leave-one-out"], False)):
+        cfg = resolve_config(_options(build_parser().parse_args(argv)))
+        assert cfg["leave_one_out"] is want and module_kwargs(cfg)["leave_one_out"] is want
