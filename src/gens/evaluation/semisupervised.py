@@ -254,6 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode-scale", type=float, default=None, help="smallest distance between mode means")
     p.add_argument("--bandwidth", type=float, default=None, help="kernel bandwidth h (default: h_opt of the mixture)")
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths of the FC networks")
+    p.add_argument("--no-leave-one-out", dest="leave_one_out", action="store_const", const=False, default=None,
+                   help="keep a minibatch's own samples in the bank (how the session-2 results were measured)")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test samples")
     p.add_argument("--max-minutes", type=float, default=None, help="stop each run's training after this wall time")
     p.add_argument("--arch", default="auto", choices=["auto", "fc", "conv"])
@@ -264,7 +266,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     extra = {k: v for k, v in (("lam", a.lam), ("sup_weight", a.sup_weight), ("supervision", a.supervision),
                                ("labelled_batch", a.labelled_batch), ("mode_scale", a.mode_scale),
-                               ("bandwidth", a.bandwidth), ("hidden", a.hidden)) if v is not None}
+                               ("bandwidth", a.bandwidth), ("hidden", a.hidden), ("leave_one_out", a.leave_one_out))
+             if v is not None}
     from gens.data import load_dataset
 
     n_avail = len(load_dataset(a.data, "train")[0])
