@@ -142,4 +142,7 @@ def run(args) -> int:
 def _saved_options(saved: dict) -> dict:
     from gens.runs import RUN_OPTIONS
 
-    return {k: saved[k] for k in RUN_OPTIONS if k in saved}
+    out = {k: saved[k] for k in RUN_OPTIONS if k in saved}
+    if "leave_one_out" not in saved and saved.get("method") in ("gen", "semisupervised"):
+        out["leave_one_out"] = False  # a run made before the option existed continues as it was trained
+    return out
