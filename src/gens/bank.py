@@ -18,6 +18,8 @@ broadcast it every step and checkpoints do not carry it (it is rebuilt at the st
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from gens._validation import check_choice, check_int
@@ -67,13 +69,19 @@ def sample_keys(x: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
         d *= int(s)
     if d > 2**23:
         raise ValueError(f"x: samples of at most 2^23 values can be keyed, got {d}")
-    g = torch.Generator().manual_seed(0x6E5)
-    coeff = torch.randint(1, 2**22, (2, d), generator=g, dtype=torch.int64).to(x.device)
+    coeff = _key_coefficients(d, x.device)
     out = []
     for c in x.reshape(x.shape[0], d).split(chunk_size):
         bits = c.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
         out.append(((bits & 0xFFFF) * coeff[0]).sum(1) + ((bits >> 16) * coeff[1]).sum(1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _key_coefficients(d: int, device: torch.device) -> torch.Tensor:
+    """The fixed (2, d) int64 coefficients of ``sample_keys`` on ``device`` (made once, not every step)."""
+    g = torch.Generator().manual_seed(0x6E5)
+    return torch.randint(1, 2**22, (2, d), generator=g, dtype=torch.int64).to(device)
 
 
 class LatentBank:

@@ -48,7 +48,7 @@ import warnings
 import torch
 
 from gens._validation import check_choice, check_float, check_int
-from gens.bank import MODES, LatentBank, world
+from gens.bank import MODES, LatentBank, sample_keys, world
 from gens.methods.base import BaseAutoencoder, batch_x, make_target
 
 __all__ = ["GENModule", "OBJECTIVES", "DEFAULT_LAM", "DEFAULT_BANDWIDTH_SCALE"]
@@ -129,8 +129,6 @@ class GENModule(BaseAutoencoder):
         bank = self.bank.latents()
         if x is not None and self.training and self.leave_one_out and self._bank_keys is not None \
                 and len(self._bank_keys) == len(bank):
-            from gens.bank import sample_keys
-
             bank = bank[~torch.isin(self._bank_keys, sample_keys(x).to(self._bank_keys.device))]
         if len(bank) < 2 or not math.isfinite(float(self.bandwidth_h)):
             return z.sum() * 0.0
@@ -231,8 +229,6 @@ class GENModule(BaseAutoencoder):
 
     def _set_bank_samples(self, idx: torch.Tensor) -> None:
         """Use the training samples at ``idx`` (m,) for the bank (and key them for leave_one_out)."""
-        from gens.bank import sample_keys
-
         self._bank_idx = idx
         self._bank_x = _near(self._source[1](idx), self.device)
         self._bank_keys = sample_keys(self._bank_x).to(self.device) if self.bank_mode == "refresh" else None
