@@ -161,3 +161,11 @@ def test_no_leave_one_out_reaches_the_gen():
     for argv, want in ((["train"], True), (["train", "--no-leave-one-out"], False)):
         cfg = resolve_config(_options(build_parser().parse_args(argv)))
         assert cfg["leave_one_out"] is want and module_kwargs(cfg)["leave_one_out"] is want
+
+
+def test_a_gen_run_saved_before_leave_one_out_resumes_without_it():
+    from gens.cli.train import _saved_options
+
+    assert _saved_options({"method": "gen", "lam": 0.03})["leave_one_out"] is False
+    assert _saved_options({"method": "gen", "leave_one_out": True})["leave_one_out"] is True
+    assert "leave_one_out" not in _saved_options({"method": "ae"})
