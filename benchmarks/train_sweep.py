@@ -30,7 +30,7 @@ import sys
 
 def fields(ns) -> list[str]:
     return ["config", "epochs", "seed", "status", "recon", *[f"H{n}" for n in ns], "Htrain", "mean_abs_z", "min_std",
-            "max_std", "sample_fd", "epoch_s", "h", "message"]
+            "max_std", "eig_min", "eig_max", "sample_fd", "epoch_s", "h", "message"]
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -94,6 +94,7 @@ def fmt(row: dict, ns) -> str:
     hs = " ".join(f(f"H{n}", "6.2f") for n in ns)
     return (f"{row['config']:<48} ep={row['epochs']:<3} seed={row['seed']:<2} {row['status']:<8} recon={f('recon', '.4f')} "
             f"H({'/'.join(map(str, ns))})={hs} |z|={f('mean_abs_z', '.2f')} std=[{f('min_std', '.2f')},{f('max_std', '.2f')}] "
+            f"eig=[{f('eig_min', '.2f')},{f('eig_max', '.2f')}] "
             f"Htrain={f('Htrain', '.2f')} fd={f('sample_fd', '.1f')} epoch={f('epoch_s', '.1f')}s h={f('h', '.3f')} {row.get('message', '')}")
 
 

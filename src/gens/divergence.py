@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from gens._validation import check_choice, check_float, check_matrix
 from gens.kde import kde_log_density
 
-__all__ = ["JSD_FORMS", "jsd_estimate", "gen_jsd_term"]
+__all__ = ["JSD_FORMS", "jsd_estimate", "gen_jsd_term", "gen_coverage_term"]
 
 JSD_FORMS = ("literal", "nonsaturating", "kl")
 
@@ -65,3 +65,29 @@ def gen_jsd_term(z: torch.Tensor, bank: torch.Tensor, target, h: float, form: st
         return F.softplus(le - lt).mean()
     log_eps = math.log(eps)
     return (torch.logaddexp(le, torch.full_like(le, log_eps)) - torch.logaddexp(lt, torch.full_like(lt, log_eps))).mean()
+
+
+def gen_coverage_term(z: torch.Tensor, bank: torch.Tensor, target, h: float, z_t: torch.Tensor) -> torch.Tensor:
+    """The target-sample half of eq. 2, non-saturating: the restoring force that eq. 3 lacks.
+
+    mean over z_t ~ p_t of -log[p_e(z_t) / (p_e(z_t) + p_t(z_t))] = softplus(log p_t - log p_e), where
+    p_e is the KDE of bank (m, l) and the minibatch z (n, l) together (the bank detached: gradients reach
+    only z), times (m + n) / n so that a minibatch latent's pull does not shrink as the bank grows.
+    z_t: (k, l) draws from p_t. Returns a 0-d tensor to minimise.
+
+    Eq. 3's term (``gen_jsd_term``) pushes latents out of over-dense regions; its push vanishes where
+    p_e << p_t, so nothing draws latents into regions the target fills and they miss: once latents are
+    sparser than the kernel, spreading lowers p_e / p_t and the term rewards inflation. Here every target
+    draw pulls the latents whose kernels reach it, hardest where p_e << p_t (the gradient of
+    softplus(log p_t - log p_e) with respect to log p_e is -p_t / (p_e + p_t)). Both halves of eq. 2 have
+    the same stationary point p_e = p_t (q * G_h = p_t, Sec. 4).
+    """
+    check_matrix("bank", bank)
+    check_matrix("z", z, columns=bank.shape[1])
+    check_matrix("z_t", z_t, columns=bank.shape[1])
+    if target.dim != bank.shape[1]:
+        raise ValueError(f"target: must have dim {bank.shape[1]} (the bank's columns), got dim {target.dim}")
+    m, n = bank.shape[0], z.shape[0]
+    z_t = z_t.to(z)
+    le = kde_log_density(z_t, torch.cat([bank.detach().to(z), z]), h)
+    return F.softplus(target.log_prob(z_t) - le).mean() * ((m + n) / n)

@@ -68,10 +68,11 @@ class GENModule(BaseAutoencoder):
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
                  bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
                  eps: float | None = None, query_noise: bool = False, bandwidth_scale: float = DEFAULT_BANDWIDTH_SCALE,
-                 leave_one_out: bool = True):
+                 leave_one_out: bool = True, coverage: float = 0.0):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)
         self.query_noise = bool(query_noise)
         self.leave_one_out = bool(leave_one_out)
+        self.coverage = check_float("coverage", coverage, minimum=0.0)
         self.target = make_target(target_spec, self.latent_dim)
         self.lam = check_float("lam", lam, minimum=0.0)
         self.objective = check_choice("objective", objective, OBJECTIVES)
@@ -147,14 +148,30 @@ class GENModule(BaseAutoencoder):
             self.eps = 1e-3 * math.exp(float(self.target.log_prob(self.target.means).max()))
         return self.eps
 
+    def coverage_term(self, z: torch.Tensor) -> torch.Tensor:
+        """The target-sample half of eq. 2 for minibatch latents z: (n, l) (``gens.divergence.gen_coverage_term``):
+        n fresh draws from p_t scored under the KDE of the bank and z; 0 while the bank holds < 2 rows."""
+        from gens.divergence import gen_coverage_term
+
+        bank = self.bank.latents()
+        if len(bank) < 2 or not math.isfinite(float(self.bandwidth_h)):
+            return z.sum() * 0.0
+        z_t = self.target.sample(z.shape[0], dtype=z.dtype, device=z.device)
+        return gen_coverage_term(z, bank.to(z), self.target, float(self.bandwidth_h), z_t)
+
     def losses(self, x, training: bool = True):
         z = self.encode(x)
         recon = self.recon_loss(x, self.decode(z))
         reg = self.jsd_term(z, x)
+        out = {}
+        if training and self.coverage > 0:  # random target draws: training only (validation stays deterministic)
+            cover = self.coverage_term(z)
+            reg = reg + self.coverage * cover
+            out["cover"] = cover.detach()
         if training and self.bank_mode == "queue":
             self.bank.push(z)
         return {"loss": recon + self.lam * reg, "recon": recon.detach(), "reg": reg.detach(),
-                "z_abs": z.detach().abs().mean()}
+                "z_abs": z.detach().abs().mean(), **out}
 
     # ---- the bank ------------------------------------------------------------------------------------
     def on_train_start(self):

@@ -160,6 +160,9 @@ def _train_and_measure(job: dict) -> dict:
                         for c in x.split(1000)) / len(x)
         row.update(recon=recon, n_test=len(x), mean_abs_z=float(z.abs().mean()), min_std=float(z.std(0).min()),
                    max_std=float(z.std(0).max()), epoch_s=sum(timer.times) / max(1, len(timer.times)))
+        if len(z) > 1 and bool(torch.isfinite(z).all()):  # covariance eigenvalues, against 1 - h^2 for the GEN
+            eig = torch.linalg.eigvalsh(torch.cov(z.double().T).reshape(z.shape[1], z.shape[1]))
+            row.update(eig_min=float(eig[0]), eig_max=float(eig[-1]))
         if hasattr(module, "bandwidth_h"):
             row["h"] = float(module.bandwidth_h)
         if not torch.isfinite(z).all():
