@@ -4,7 +4,8 @@
     >>> gen = GEN(latent_dim=8, max_epochs=20, random_state=0).fit(X)   # X: (n, d) or (n, C, H, W)
     >>> Z = gen.transform(X)                 # (n, 8) latents, float64
     >>> X_hat = gen.inverse_transform(Z)     # decoded, shaped like X
-    >>> X_new = gen.sample(16, random_state=0)
+    >>> X_new = gen.sample(16, random_state=0)        # sampler="analytic" | "gaussian" | "gmm"
+    >>> log_px = gen.score_samples(X)         # (n,) eq. 10 log p(x), higher = more typical
     >>> gen.save("gen.ckpt"); gen = GEN.load("gen.ckpt")   # weights-only, nothing in the file runs
 
 Each estimator trains the matching ``gens.methods`` LightningModule with a Lightning Trainer on the
@@ -24,8 +25,10 @@ train/* and the val/* metrics), ``seed_``; ``bandwidth_`` (GEN: the kernel bandw
 Determinism: with an integer ``random_state`` a fit on the CPU is reproducible bit for bit (every
 training step reseeds from (seed, step): ``gens.checkpoint.ResumeCallback``).
 
-Novelty scores: ``score_samples`` is not defined here yet; it belongs to ``gens.evaluation.novelty``
-(eq. 10), which can attach ``score_samples(self, X)`` using ``self._as_tensor(X)`` and ``self.module_``.
+Latent models (``gens.estimator_scoring.LatentModelMixin``): ``fit`` ends by fitting the ex-post
+samplers ``samplers_`` ("analytic", "gaussian", "gmm"; ``gens.samplers``) and eq. 10's noise variance
+``noise_variance_`` on the training latents / residuals; ``sample(n, sampler=...)``, ``score_samples(X)``
+(log p(x), eq. 10), ``score_parts(X)`` and ``score(X)`` use them. ``save`` stores both (tensors only).
 
 scikit-learn conformance: ``sklearn.utils.estimator_checks.check_estimator`` passes for all five
 estimators (tests/test_estimators.py; 46 of 47 checks run with scikit-learn 1.9.1, the 47th,
@@ -51,6 +54,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from gens._validation import check_choice, check_float, check_int
+from gens.estimator_scoring import LatentModelMixin
 
 __all__ = ["GEN", "AE", "VAE", "AAE", "WAE", "SemiSupervisedGEN", "EXPECTED_FAILED_CHECKS", "load"]
 
@@ -68,9 +72,9 @@ def _set_params(estimator, params: dict) -> None:
             setattr(estimator, name, value)
 
 
-class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Shared fit / transform / inverse_transform / sample / save / load. Subclasses set ``_method`` and
-    list their parameters in ``__init__`` (scikit-learn needs explicit signatures)."""
+class _GensEstimator(LatentModelMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Shared fit / transform / inverse_transform / save / load (sample, score_samples: LatentModelMixin).
+    Subclasses set ``_method`` and list their parameters in ``__init__`` (scikit-learn needs explicit signatures)."""
 
     _method = ""
     _module_params: tuple[str, ...] = ()  # estimator parameters passed to the module under the same name
@@ -114,6 +118,7 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         module._trainer = None  # the fitted estimator keeps weights, not the training machinery
         self.module_ = module.cpu().eval()
         self.history_ = history.rows
+        self._fit_latent_models(Xs)
         h = getattr(module, "bandwidth_h", None)
         if h is not None:
             self.bandwidth_ = float(h)
@@ -150,9 +155,15 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     # ---------------------------------------------------------------------------- data handling
     def _validate(self, X, reset: bool) -> np.ndarray:
-        """Check X and return it as float64 (n, n_features_in_); records the sample shape on reset."""
-        arr = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], ensure_min_samples=2 if reset else 1,
-                          input_name="X")
+        """Check X and return it as float64 (n, n_features_in_); records the sample shape on reset.
+        Every error is a ValueError whose message starts with "X"."""
+        try:
+            arr = check_array(X, allow_nd=True, dtype=[np.float64, np.float32],
+                              ensure_min_samples=2 if reset else 1, input_name="X")
+        except ValueError as err:
+            if str(err).startswith("X"):
+                raise
+            raise ValueError(f"X: {err}") from None
         if arr.ndim > 4:
             raise ValueError(f"X: must have shape (n, d), (n, H, W) or (n, C, H, W), got {arr.shape}")
         shape = arr.shape[1:]
@@ -219,17 +230,6 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             x = torch.cat([self.module_.decode(c) for c in z.split(1024)])
         return self._output(x)
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Generate n_samples: z from the module's latent distribution (GEN: the target shrunk by the kernel,
-        Sec. 4), decoded. Returns (n_samples, *input_shape_) float64."""
-        import torch
-
-        check_is_fitted(self)
-        n = check_int("n_samples", n_samples, minimum=1)
-        seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
-        x = self.module_.sample(n, generator=torch.Generator().manual_seed(seed))
-        return self._output(x)
-
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "module_")
 
@@ -237,10 +237,11 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def save(self, path) -> None:
         """Write the fitted estimator to ``path`` atomically (tensors and plain types only)."""
         from gens.checkpoint import atomic_save
+        from gens.samplers import samplers_state
 
         check_is_fitted(self)
         attrs = {k: getattr(self, k) for k in ("n_features_in_", "input_shape_", "seed_", "bandwidth_", "history_",
-                                                "_n_features_out") if hasattr(self, k)}
+                                                "_n_features_out", "noise_variance_") if hasattr(self, k)}
         for k in ("data_min_", "data_range_"):
             v = getattr(self, k)
             attrs[k] = None if v is None else v.tolist()
@@ -251,12 +252,14 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             "params": _plain(self.get_params(deep=False)), "attributes": _plain(attrs),
             "gens": {"method": self._method}, "hyper_parameters": dict(self.module_.hparams),
             "state_dict": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
+            "samplers": samplers_state(self._samplers()),
         }, path)
 
     @classmethod
     def load(cls, path):
         """Read an estimator written by ``save`` (``torch.load(weights_only=True)``: no code from the file runs)."""
         from gens.checkpoint import load_checkpoint, module_from_checkpoint
+        from gens.samplers import samplers_from_state
 
         ckpt = load_checkpoint(path)
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -275,6 +278,7 @@ class _GensEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         if "feature_names_in_" in ckpt["attributes"]:
             est.feature_names_in_ = np.asarray(ckpt["attributes"]["feature_names_in_"], dtype=object)
         est.module_ = module_from_checkpoint(ckpt, method=ckpt["gens"]["method"])
+        est.samplers_ = samplers_from_state(ckpt.get("samplers"))  # files from before samplers: analytic only
         return est
 
     def __getstate__(self):
