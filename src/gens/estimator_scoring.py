@@ -17,13 +17,15 @@ Methods:
 
       log p(x) = log p(z') - 1/2 log det(J^T J) + log N(x; x', sigma^2 I) - sum_j log range_j,
 
-  z' = E(x) (VAE: the posterior mean), x' = D(z'), J = dx'/dz' (forward mode, Gram matrix and
-  log-determinant in float64: ``gens.evaluation.novelty.novelty_log_prob``). p(z') is the density of
-  the chosen sampler; the default "analytic" is the method's own latent model: GEN the Sec. 4 shrunk
-  target (``module.latent_distribution()``), VAE the prior N(0, I), AAE / WAE their target, AE the
-  Gaussian fitted to its last training epoch's latents (``sampler="gaussian"``: the ex-post fit to the
-  final latents; ``"gmm"``: the mixture). The last term is the Jacobian of the min-max scaling (zero
-  when ``data_min_`` is None), so log p(x) is a density in the data's own units.
+  z' = E(x) (VAE: the posterior mean), x' = D(z'), J = dx'/dz' (``gens.evaluation.novelty``'s
+  ``novelty_log_prob``: batched forward-mode Jacobian). Everything runs in float64 on a float64 copy of
+  the networks, so the log-determinants are float64 throughout and a sample's score does not depend on
+  which other samples share its batch (scikit-learn's subset and order invariance checks, to 1e-9).
+  p(z') is the chosen sampler's density; the default "analytic" is the method's own latent model: GEN
+  the Sec. 4 shrunk target (``module.latent_distribution()``), VAE the prior N(0, I), AAE / WAE their
+  target, AE the Gaussian fitted to its last training epoch's latents (``sampler="gaussian"``: the
+  ex-post fit to the final latents; ``"gmm"``: the mixture). The last term is the Jacobian of the
+  min-max scaling (zero when ``data_min_`` is None), so log p(x) is a density in the data's own units.
 - ``score_parts(X, sampler="analytic")``: every term separately (``in_manifold``, ``reconstruction``, ...).
 - ``score(X, y=None, sampler="analytic")``: the mean of ``score_samples`` (as GaussianMixture.score);
   ``SemiSupervisedGEN.score`` stays the classification accuracy.
@@ -116,15 +118,23 @@ class LatentModelMixin:
         if sigma2 is None:
             raise ValueError("score_samples: this model has no noise_variance_ (saved before score_samples existed); "
                              "refit it")
-        x = self._as_tensor(X)
-        parts = novelty_log_prob(self.module_.encode, self.module_.decode, lambda z: dist.log_prob(z.double()),
-                                 x, sigma2, chunk_size)
+        x = self._as_tensor(X).double()
+        module = self._float64_module()
+        parts = novelty_log_prob(module.encode, module.decode, dist.log_prob, x, sigma2, chunk_size)
         rng = getattr(self, "data_range_", None)
         scaling = 0.0 if rng is None else -float(np.log(rng).sum())
         n = len(parts["log_px"])
         return {"log_px": parts["log_px"] + scaling, "in_manifold": parts["log_pz"] - parts["log_det"],
                 "reconstruction": parts["log_noise"], "scaling": np.full(n, scaling),
                 **{k: parts[k] for k in ("log_pz", "log_det", "log_noise", "recon_error")}}
+
+    def _float64_module(self):
+        """A float64 copy of ``module_`` (rebuilt from its hyperparameters and state dict, as unpickling does,
+        so the training data a live module may reference is not copied)."""
+        from gens.checkpoint import module_from_checkpoint
+
+        ckpt = {"hyper_parameters": dict(self.module_.hparams), "state_dict": self.module_.state_dict()}
+        return module_from_checkpoint(ckpt, method=self._method).double().eval()
 
     def score_samples(self, X, sampler: str = "analytic") -> np.ndarray:
         """log p(x) of eq. 10 for X: (n, *input_shape_) or (n, n_features_in_) -> (n,) float64, higher =
