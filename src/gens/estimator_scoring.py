@@ -59,8 +59,9 @@ class LatentModelMixin:
         x = torch.from_numpy(np.ascontiguousarray(Xs.reshape(Xs.shape[0], *self.input_shape_)))
         Z = encode_all(self.module_, x, batch_size=1024).double().numpy()
         self.samplers_ = fit_samplers(Z, random_state=self.seed_)
+        m64 = self._float64_module()  # the precision score_samples works in
         self.noise_variance_ = float(fit_noise_variance(
-            reconstruction_residuals(self.module_.encode, self.module_.decode, x, chunk_size=1024)))
+            reconstruction_residuals(m64.encode, m64.decode, x.double(), chunk_size=1024)))
 
     def fit_sampler(self, X, sampler: str = "gmm", **options):
         """Refit one sampler on the latents of X (e.g. the training data) with ``options`` for its class
