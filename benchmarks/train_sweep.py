@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-entropy", action="store_true",
                    help="also measure the entropy of max(--ns) training latents (column Htrain)")
     p.add_argument("--save-latents", default=None, metavar="DIR",
-                   help="save each training's test latents to DIR/<config>-ep<E>-s<seed>.npy")
+                   help="save each training's test latents to DIR/<config>-ep<E>-s<seed>.npy and its per-epoch "
+                        "validation fidelity (gens.fidelity) to .json beside it")
     args = p.parse_args(argv)
     if args.save_latents:
         os.makedirs(args.save_latents, exist_ok=True)
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
     jobs = [dict(config=c, epochs=e, seed=s, data=args.data, latent_dim=args.latent_dim, batch_size=args.batch_size,
                  limit=args.limit, ns=sorted(args.ns), accelerator=args.accelerator, threads=args.threads,
                  train_entropy=args.train_entropy,
-                 latents_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-ep{e}-s{s}.npy"))
+                 latents_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-ep{e}-s{s}.npy"),
+                 history_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-ep{e}-s{s}.json"))
             for e in args.epochs for c in args.configs for s in args.seeds]
 
     import torch

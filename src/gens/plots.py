@@ -19,6 +19,7 @@ from gens._validation import check_int
 
 __all__ = [
     "make_grid",
+    "fidelity_curves",
     "image_grid",
     "interpolation_grid",
     "project_2d",
@@ -278,6 +279,8 @@ def loss_curves(metrics_csv, path, title: str | None = None) -> Path:
         raise ValueError(f"metrics_csv: {metrics_csv} holds no logged values")
     groups: dict[str, list[str]] = {}
     for key in series:
+        if key.startswith("fidelity/"):  # fidelity_curves draws these
+            continue
         base = re.sub(r"^(train|val|test)[/_]", "", key)
         base = re.sub(r"_(step|epoch)$", "", base)
         groups.setdefault(base, []).append(key)
@@ -295,6 +298,43 @@ def loss_curves(metrics_csv, path, title: str | None = None) -> Path:
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(groups) :]:
         ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def fidelity_curves(metrics_csv, path, title: str | None = None) -> Path:
+    """Plot the ``fidelity/*`` columns of a metrics.csv (``gens.fidelity.FidelityMonitor``) against the step.
+
+    Left: the extreme per-dimension std ratios and covariance eigenvalues relative to the predicted
+    distribution, with the accepted band (``gens.fidelity.STD_RANGE``, ``EIG_MIN``); middle: the
+    whitened-entropy gap; right: eq. 2's JSD against a fresh bank (GEN only)."""
+    from gens.fidelity import EIG_MIN, STD_RANGE
+
+    plt = pyplot()
+    series = {k[len("fidelity/"):]: v for k, v in read_metrics_csv(metrics_csv).items() if k.startswith("fidelity/")}
+    if not series:
+        raise ValueError(f"metrics_csv: {metrics_csv} holds no fidelity/* values")
+    panels = [("spread vs predicted (1 = on target)", ["std_min", "std_max", "eig_min", "eig_max"]),
+              ("whitened entropy gap (nats)", ["gap"]), ("JSD vs fresh bank (nats)", ["jsd"])]
+    panels = [(t, [k for k in keys if k in series]) for t, keys in panels]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False)
+    for ax, (name, keys) in zip(axes[0], panels):
+        for key in keys:
+            x, y = series[key]
+            ax.plot(x, y, "o-" if len(x) < 30 else "-", ms=3, lw=1.2, label=key)
+        if "std_min" in keys or "eig_min" in keys:
+            ax.axhspan(*STD_RANGE, color="tab:green", alpha=0.12, label="std band")
+            ax.axhline(EIG_MIN, color="tab:red", lw=0.8, ls="--", label="eig floor")
+            ax.axhline(1.0, color="k", lw=0.6)
+            ax.set_yscale("log")
+        else:
+            ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)

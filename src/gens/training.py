@@ -11,7 +11,9 @@
 - ``module_kwargs`` go to the method's module (``gens.methods.METHODS[method]``), e.g. ``lam``,
   ``objective``, ``bank_mode``, ``bank_size``, ``hidden``, ``arch``, ``target_spec``.
 - ``DivergenceGuard`` (always added) stops training with ``TrainingDiverged`` when a training loss is
-  NaN or infinite, with advice on what to change.
+  NaN or infinite, with advice on what to change; ``gens.fidelity.FidelityMonitor`` (always added; find it
+  with ``fidelity_monitor(trainer)``) measures the validation latents against the predicted distribution
+  every epoch and warns at the end when they inflated or a direction collapsed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 
 from gens._validation import check_int
 
-__all__ = ["train", "encode_all", "DivergenceGuard", "TrainingDiverged", "DEFAULT_EPOCHS"]
+__all__ = ["train", "encode_all", "DivergenceGuard", "TrainingDiverged", "DEFAULT_EPOCHS", "standard_callbacks",
+           "fidelity_monitor"]
 
 DEFAULT_EPOCHS = 12
 
@@ -47,6 +50,20 @@ class DivergenceGuard(L.Callback):
             )
 
 
+def standard_callbacks() -> list:
+    """The callbacks every training path adds: ``DivergenceGuard`` and ``gens.fidelity.FidelityMonitor``."""
+    from gens.fidelity import FidelityMonitor
+
+    return [DivergenceGuard(), FidelityMonitor()]
+
+
+def fidelity_monitor(trainer):
+    """The trainer's ``FidelityMonitor`` (None if it has none)."""
+    from gens.fidelity import FidelityMonitor
+
+    return next((c for c in trainer.callbacks if isinstance(c, FidelityMonitor)), None)
+
+
 def train(method: str, data, *, latent_dim: int = 8, max_epochs: int = DEFAULT_EPOCHS, batch_size: int = 100,
           seed: int = 0, trainer_kwargs: dict | None = None, datamodule_kwargs: dict | None = None,
           **module_kwargs):
@@ -65,7 +82,7 @@ def train(method: str, data, *, latent_dim: int = 8, max_epochs: int = DEFAULT_E
     kw = dict(max_epochs=max_epochs, accelerator="auto", logger=False, enable_checkpointing=False,
               enable_model_summary=False)
     kw.update(trainer_kwargs or {})
-    kw["callbacks"] = [*list(kw.get("callbacks") or []), DivergenceGuard()]
+    kw["callbacks"] = [*list(kw.get("callbacks") or []), *standard_callbacks()]
     trainer = L.Trainer(**kw)
     trainer.fit(module, datamodule=dm)
     return module, trainer

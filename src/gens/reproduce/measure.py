@@ -131,7 +131,7 @@ def _quiet_lightning() -> None:
 def _train_and_measure(job: dict) -> dict:
     import torch
 
-    from gens.training import TrainingDiverged, encode_all, train
+    from gens.training import TrainingDiverged, encode_all, fidelity_monitor, train
 
     start = time.perf_counter()
     row = {"method": job["method"], "epochs": job["epochs"], "seed": job["seed"], "status": "ok", "message": ""}
@@ -151,6 +151,12 @@ def _train_and_measure(job: dict) -> dict:
             row.update(status="diverged", message=str(err)[:300])
             return row
         row["train_s"] = time.perf_counter() - start
+        monitor = fidelity_monitor(trainer)
+        if job.get("history_out") and monitor is not None:  # the per-epoch fidelity of the validation latents
+            import json
+
+            with open(job["history_out"], "w") as fh:
+                json.dump(monitor.history, fh)
         module.eval()
         device = next(module.parameters()).device
         x = trainer.datamodule.split_tensors("test")[0]
