@@ -186,3 +186,26 @@ def test_image_shaped_models_score_images(digits):
     s = est.score_samples(X4[:20])
     assert s.shape == (20,) and np.isfinite(s).all()
     np.testing.assert_array_equal(est.score_samples(digits[:20]), s)  # flat rows are accepted too
+
+
+def test_scoring_leaves_the_module_in_float32(fitted, digits):
+    est = fitted["VAE"]
+    before = {k: v.clone() for k, v in est.module_.state_dict().items()}
+    est.score_samples(digits[:10])
+    after = est.module_.state_dict()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+    assert next(est.module_.parameters()).dtype == torch.float32
+
+
+def test_semisupervised_gen_scores_too(digits):
+    from gens.estimators import SemiSupervisedGEN
+
+    _, y = load_digits(return_X_y=True)
+    y_semi = np.where(np.arange(300) % 3 == 0, y[:300] % 3, -1)
+    est = SemiSupervisedGEN(2, n_modes=3, hidden=(16,), lr=1e-2, bank_size=50, bandwidth=0.5, labelled_batch=10,
+                            max_epochs=1, batch_size=50, random_state=0).fit(digits, y_semi)
+    s = est.score_samples(digits[:20])
+    assert s.shape == (20,) and np.isfinite(s).all()
+    assert 0.0 <= est.score(digits[:20], y[:20] % 3) <= 1.0  # score stays the accuracy (ClassifierMixin)
+    assert est.sample(3, sampler="gmm", random_state=0).shape == (3, 64)

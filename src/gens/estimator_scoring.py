@@ -130,12 +130,19 @@ class LatentModelMixin:
                 **{k: parts[k] for k in ("log_pz", "log_det", "log_noise", "recon_error")}}
 
     def _float64_module(self):
-        """A float64 copy of ``module_`` (rebuilt from its hyperparameters and state dict, as unpickling does,
-        so the training data a live module may reference is not copied)."""
-        from gens.checkpoint import module_from_checkpoint
+        """A float64 copy of ``module_``: a shallow copy whose sub-networks and buffers are copied and cast
+        (the training data a live module may reference is shared, not copied; ``module_`` is untouched)."""
+        import copy
 
-        ckpt = {"hyper_parameters": dict(self.module_.hparams), "state_dict": self.module_.state_dict()}
-        return module_from_checkpoint(ckpt, method=self._method).double().eval()
+        import torch
+
+        src = self.module_
+        m = copy.copy(src)
+        m._modules = {k: copy.deepcopy(v) for k, v in src._modules.items()}
+        m._parameters = {k: None if v is None else torch.nn.Parameter(v.detach().clone(), v.requires_grad)
+                         for k, v in src._parameters.items()}
+        m._buffers = {k: None if v is None else v.detach().clone() for k, v in src._buffers.items()}
+        return m.double().eval()
 
     def score_samples(self, X, sampler: str = "analytic") -> np.ndarray:
         """log p(x) of eq. 10 for X: (n, *input_shape_) or (n, n_features_in_) -> (n,) float64, higher =
