@@ -12,6 +12,44 @@ from gens.divergence import jsd_estimate
 from gens.targets import StandardNormal, mixture_on_simplex
 
 
+def _old_h_opt(target, m, trials=10, seed=0, h_min=bw.H_MIN, h_max=bw.H_MAX):
+    """The h_opt algorithm before issue 17, as a self-contained float64 reference: per trial a bank and
+    one shared z'/z'' set (drawn in that order from one generator), dJ/dh of supplement eq. 2 from the
+    full distance matrix, a walk from the last root by growing factors to a sign change, then brentq
+    (xtol 1e-5, rtol 1e-6). The fast version must find the same roots."""
+    from scipy.optimize import brentq
+
+    g, dim, values = torch.Generator().manual_seed(seed), target.dim, []
+    h0, step = min(0.9, 1.15 * m ** (-1.0 / (dim + 4))), 1.1
+    for _ in range(trials):
+        bank = target.sample(m, g, dtype=torch.float64)
+        z = target.sample(m, g, dtype=torch.float64)
+        d, log_pt = torch.cdist(z, bank).pow(2), target.log_prob(z)
+
+        def djdh(h, d=d, log_pt=log_pt):
+            logk = -d / (2 * h * h)
+            log_pe = torch.logsumexp(logk, 1) - math.log(m) - dim * math.log(h) - 0.5 * dim * math.log(2 * math.pi)
+            a = (torch.softmax(logk, 1) * d).sum(1)
+            r, gh = torch.sigmoid(log_pe - log_pt), a / h**3 - dim / h
+            return float(((1 - r) * gh).mean() - (r * gh).mean())
+
+        a, fa = h0, djdh(h0)
+        while True:
+            b = min(a * step, h_max) if fa > 0 else max(a / step, h_min)
+            if b == a:
+                h = math.inf if fa > 0 else h_min
+                break
+            fb = djdh(b)
+            if (fa > 0) != (fb > 0):
+                h = float(brentq(djdh, *sorted((a, b)), xtol=1e-5, rtol=1e-6))
+                break
+            a, fa, step = b, fb, 1.0 + 2.0 * (step - 1.0)
+        values.append(h)
+        if math.isfinite(h):
+            h0, step = h, 1.02
+    return values
+
+
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path / "cache"))
@@ -69,6 +107,48 @@ def test_mixture_target_and_its_fixed_point():
     fixed = optimal_bandwidth(t, 200, trials=2, method="fixed_point", cache=False)
     assert 0.1 < root.h < 1.0 and root.target == t.spec()
     assert root.h == pytest.approx(fixed.h, abs=1e-4)
+
+
+@pytest.mark.parametrize("target,m,trials", [(mixture_on_simplex(3, 2), 200, 5), (mixture_on_simplex(10, 8), 300, 3),
+                                             (StandardNormal(5), 250, 3)])
+def test_fast_root_search_equals_the_old_algorithm(target, m, trials):
+    # issue 17: Newton on the analytic d^2J/dh^2 and floored exponents, same estimand and same samples
+    old = _old_h_opt(target, m, trials=trials, seed=4)
+    new = optimal_bandwidth(target, m, trials=trials, seed=4, cache=False)
+    assert new.values == pytest.approx(old, abs=5e-5)  # brentq's own tolerance is 1e-5
+    assert abs(new.h - sum(old) / trials) < 0.005
+
+
+def test_fast_root_search_keeps_the_ends_of_the_range(monkeypatch):
+    # dJ/dh > 0 up to H_MAX: no finite maximiser (inf); dJ/dh < 0 down to H_MIN: H_MIN
+    t = mixture_on_simplex(3, 2)
+    monkeypatch.setattr(bw, "H_MAX", 0.3)  # h_opt is about 0.57 here
+    got = optimal_bandwidth(t, 200, trials=2, seed=4, cache=False, warn=False).values
+    assert got == _old_h_opt(t, 200, trials=2, seed=4, h_max=0.3) == [math.inf, math.inf]
+    monkeypatch.setattr(bw, "H_MAX", 4.0)
+    monkeypatch.setattr(bw, "H_MIN", 0.28)  # the first trial's root is 0.23, the second's 0.30
+    got = optimal_bandwidth(StandardNormal(1), 1000, trials=2, seed=4, cache=False).values
+    want = _old_h_opt(StandardNormal(1), 1000, trials=2, seed=4, h_min=0.28)
+    assert got[0] == want[0] == 0.28 and got[1] == pytest.approx(want[1], abs=5e-5) and got[1] > 0.29
+
+
+def test_reused_distance_buffers_give_the_same_trials():
+    # trials after the first write their distances into the previous trial's buffer
+    t, g1, g2 = mixture_on_simplex(3, 2), torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    first = bw._Trial(t, 150, 150, g1)
+    buf = first.e.delta
+    again = bw._Trial(t, 150, 150, g1, reuse=first)
+    fresh = (bw._Trial(t, 150, 150, g2), bw._Trial(t, 150, 150, g2))[1]
+    assert again.e.delta.data_ptr() == buf.data_ptr()
+    assert again.slope(0.5) == fresh.slope(0.5) and again.jsd(0.5) == fresh.jsd(0.5)
+
+
+def test_second_derivative_matches_finite_differences():
+    trial = bw._Trial(mixture_on_simplex(10, 8), 300, 300, torch.Generator().manual_seed(1))
+    h, eps = 0.6, 1e-4
+    d1, d2 = trial.slope(h)
+    assert d1 == pytest.approx(trial.jsd(h)[1], rel=1e-12)
+    assert d2 == pytest.approx((trial.jsd(h + eps)[1] - trial.jsd(h - eps)[1]) / (2 * eps), rel=1e-4)
 
 
 def test_bandwidth_grows_with_dim_and_shrinks_with_m():
