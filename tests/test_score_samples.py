@@ -209,3 +209,17 @@ def test_semisupervised_gen_scores_too(digits):
     assert s.shape == (20,) and np.isfinite(s).all()
     assert 0.0 <= est.score(digits[:20], y[:20] % 3) <= 1.0  # score stays the accuracy (ClassifierMixin)
     assert est.sample(3, sampler="gmm", random_state=0).shape == (3, 64)
+
+
+def test_non_finite_training_latents_leave_only_the_analytic_sampler(digits, monkeypatch):
+    import gens.training
+
+    real = gens.training.encode_all
+    monkeypatch.setattr(gens.training, "encode_all", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.warns(RuntimeWarning, match="^fit: the trained model's training latents"):
+        est = _tiny(AE).fit(digits)
+    monkeypatch.setattr(gens.training, "encode_all", real)
+    assert set(est.samplers_) == {"analytic"} and est.noise_variance_ is None
+    assert est.sample(2, random_state=0).shape == (2, 64)
+    with pytest.raises(ValueError, match="^score_samples: .*not finite"):
+        est.score_samples(digits[:3])

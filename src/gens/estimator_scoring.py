@@ -58,10 +58,17 @@ class LatentModelMixin:
 
         x = torch.from_numpy(np.ascontiguousarray(Xs.reshape(Xs.shape[0], *self.input_shape_)))
         Z = encode_all(self.module_, x, batch_size=1024).double().numpy()
-        self.samplers_ = fit_samplers(Z, random_state=self.seed_)
         m64 = self._float64_module()  # the precision score_samples works in
-        self.noise_variance_ = float(fit_noise_variance(
-            reconstruction_residuals(m64.encode, m64.decode, x.double(), chunk_size=1024)))
+        r = reconstruction_residuals(m64.encode, m64.decode, x.double(), chunk_size=1024)
+        if not (np.isfinite(Z).all() and bool(torch.isfinite(r).all())):
+            import warnings
+
+            warnings.warn("fit: the trained model's training latents or reconstructions are not finite; only the "
+                          "'analytic' sampler is available and score_samples is not", RuntimeWarning, stacklevel=3)
+            self.samplers_, self.noise_variance_ = fit_samplers(Z, names=("analytic",)), None
+            return
+        self.samplers_ = fit_samplers(Z, random_state=self.seed_)
+        self.noise_variance_ = float(fit_noise_variance(r))
 
     def fit_sampler(self, X, sampler: str = "gmm", **options):
         """Refit one sampler on the latents of X (e.g. the training data) with ``options`` for its class
@@ -117,8 +124,8 @@ class LatentModelMixin:
         dist = self._latent_distribution(sampler)
         sigma2 = getattr(self, "noise_variance_", None)
         if sigma2 is None:
-            raise ValueError("score_samples: this model has no noise_variance_ (saved before score_samples existed); "
-                             "refit it")
+            raise ValueError("score_samples: this model has no noise_variance_ (saved before score_samples existed, "
+                             "or its training reconstructions were not finite); refit it")
         x = self._as_tensor(X).double()
         module = self._float64_module()
         parts = novelty_log_prob(module.encode, module.decode, dist.log_prob, x, sigma2, chunk_size)
