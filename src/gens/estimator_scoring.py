@@ -33,6 +33,8 @@ Methods:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -41,6 +43,7 @@ from gens._validation import check_int
 
 __all__ = ["SCORE_PARTS", "LatentModelMixin"]
 
+_MIN_VARIANCE = 1e-6  # fit_noise_variance's default floor
 SCORE_PARTS = ("log_px", "in_manifold", "reconstruction", "scaling", "log_pz", "log_det", "log_noise", "recon_error")
 
 
@@ -52,15 +55,19 @@ class LatentModelMixin:
         """After training: fit the samplers and sigma^2 on the scaled training data Xs: (n, d) float32."""
         import torch
 
-        from gens.evaluation.novelty import fit_noise_variance, reconstruction_residuals
+        from gens.evaluation.novelty import reconstruction_residuals
         from gens.samplers import fit_samplers
         from gens.training import encode_all
 
         x = torch.from_numpy(np.ascontiguousarray(Xs.reshape(Xs.shape[0], *self.input_shape_)))
         Z = encode_all(self.module_, x, batch_size=1024).double().numpy()
         m64 = self._float64_module()  # the precision score_samples works in
-        r = reconstruction_residuals(m64.encode, m64.decode, x.double(), chunk_size=1024)
-        if not (np.isfinite(Z).all() and bool(torch.isfinite(r).all())):
+        # sigma^2 as fit_noise_variance(residuals) gives it (isotropic: the mean r^2, floored at 1e-6),
+        # accumulated chunk by chunk in float64 so that no float64 copy of the training set is held
+        sq = sum(float(reconstruction_residuals(m64.encode, m64.decode, c.double(), 1024).pow(2).sum())
+                 for c in x.split(4096))
+        sigma2 = max(sq / x.numel(), _MIN_VARIANCE)
+        if not (np.isfinite(Z).all() and math.isfinite(sigma2)):
             import warnings
 
             warnings.warn("fit: the trained model's training latents or reconstructions are not finite; only the "
@@ -68,7 +75,7 @@ class LatentModelMixin:
             self.samplers_, self.noise_variance_ = fit_samplers(Z, names=("analytic",)), None
             return
         self.samplers_ = fit_samplers(Z, random_state=self.seed_)
-        self.noise_variance_ = float(fit_noise_variance(r))
+        self.noise_variance_ = float(sigma2)
 
     def fit_sampler(self, X, sampler: str = "gmm", **options):
         """Refit one sampler on the latents of X (e.g. the training data) with ``options`` for its class
