@@ -29,7 +29,7 @@ import sys
 
 
 def fields(ns) -> list[str]:
-    return ["config", "epochs", "seed", "status", "recon", *[f"H{n}" for n in ns], "Htrain", "mean_abs_z", "min_std",
+    return ["config", "epochs", "steps", "global_step", "seed", "status", "recon", *[f"H{n}" for n in ns], "Htrain", "mean_abs_z", "min_std",
             "max_std", "eig_min", "eig_max", "sample_fd", "epoch_s", "h", "message"]
 
 
@@ -61,6 +61,10 @@ def _split(text: str):
     yield cur
 
 
+def _budget(epochs, steps) -> str:
+    return f"ep{epochs}" if epochs else f"st{steps}" if steps else "default"
+
+
 def _slug(config: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._=-" else "_" for ch in config)
 
@@ -82,7 +86,7 @@ def reference_rows(seeds, dim, ns, device) -> list[dict]:
     """Entropy of N(0, I_dim) samples: the target's row of Table 2."""
     from gens.reproduce.measure import reference_row
 
-    return [{**reference_row(seed, dim, ns, device), "config": f"N(0,I_{dim}) samples", "epochs": 0}
+    return [{**reference_row(seed, dim, ns, device), "config": f"N(0,I_{dim}) samples", "epochs": 0, "steps": 0}
             for seed in seeds]
 
 
@@ -92,7 +96,7 @@ def fmt(row: dict, ns) -> str:
         return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "-"
 
     hs = " ".join(f(f"H{n}", "6.2f") for n in ns)
-    return (f"{row['config']:<48} ep={row['epochs']:<3} seed={row['seed']:<2} {row['status']:<8} recon={f('recon', '.4f')} "
+    return (f"{row['config']:<48} {_budget(row.get('epochs'), row.get('steps')):<7} step={row.get('global_step', '-')} seed={row['seed']:<2} {row['status']:<8} recon={f('recon', '.4f')} "
             f"H({'/'.join(map(str, ns))})={hs} |z|={f('mean_abs_z', '.2f')} std=[{f('min_std', '.2f')},{f('max_std', '.2f')}] "
             f"eig=[{f('eig_min', '.2f')},{f('eig_max', '.2f')}] "
             f"Htrain={f('Htrain', '.2f')} fd={f('sample_fd', '.1f')} epoch={f('epoch_s', '.1f')}s h={f('h', '.3f')} {row.get('message', '')}")
@@ -103,7 +107,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="mnist:/work/shared/data/mnist", help="gens data source")
     p.add_argument("--configs", nargs="+", default=["gen", "gen:bank_mode=queue", "aae"],
                    help="method[:key=value,...] (see the module docstring)")
-    p.add_argument("--epochs", nargs="+", type=int, default=[12])
+    p.add_argument("--epochs", nargs="+", type=int, default=None, help="budgets in epochs (default: --steps)")
+    p.add_argument("--steps", nargs="+", type=int, default=None,
+                   help="budgets in optimiser steps (default: gens.training.DEFAULT_STEPS when --epochs is not given)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--latent-dim", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=100)
@@ -123,12 +129,13 @@ def main(argv=None) -> int:
         os.makedirs(args.save_latents, exist_ok=True)
     for c in args.configs:
         parse_config(c)  # fail early on a malformed config
-    jobs = [dict(config=c, epochs=e, seed=s, data=args.data, latent_dim=args.latent_dim, batch_size=args.batch_size,
+    budgets = [(e, None) for e in args.epochs or []] + [(None, st) for st in args.steps or []] or [(None, None)]
+    jobs = [dict(config=c, epochs=e, steps=st, seed=s, data=args.data, latent_dim=args.latent_dim, batch_size=args.batch_size,
                  limit=args.limit, ns=sorted(args.ns), accelerator=args.accelerator, threads=args.threads,
                  train_entropy=args.train_entropy,
-                 latents_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-ep{e}-s{s}.npy"),
-                 history_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-ep{e}-s{s}.json"))
-            for e in args.epochs for c in args.configs for s in args.seeds]
+                 latents_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-{_budget(e, st)}-s{s}.npy"),
+                 history_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-{_budget(e, st)}-s{s}.json"))
+            for e, st in budgets for c in args.configs for s in args.seeds]
 
     import torch
 

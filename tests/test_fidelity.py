@@ -148,7 +148,8 @@ def test_monitor_logs_every_epoch_and_warns_on_a_too_narrow_start(one_thread):
         module, trainer = train("gen", X, latent_dim=2, max_epochs=3, hidden=[16], bandwidth=0.5,
                                 trainer_kwargs=dict(enable_progress_bar=False, accelerator="cpu"))
     mon = fidelity_monitor(trainer)
-    assert [r["epoch"] for r in mon.history] == [0, 1, 2]
+    # 3 steps an epoch: the first epoch and the last are measured, others at most every min_interval steps
+    assert [r["epoch"] for r in mon.history] == [0, 2] and mon.min_interval > 3
     assert set(mon.history[-1]) >= {"eig_min", "eig_max", "std_min", "std_max", "gap", "jsd", "step"}
     assert float(trainer.callback_metrics["fidelity/eig_max"]) == pytest.approx(mon.history[-1]["eig_max"], rel=1e-5)
     problems = fidelity_problems(mon.history[-1])

@@ -97,12 +97,15 @@ class FidelityMonitor(L.Callback):
     """Measure ``latent_fidelity`` on validation latents after every training epoch (see the module docstring).
 
     max_samples: validation samples used (the first ones; fewer when the split is smaller). Without a
-    validation split nothing is measured. ``history``: one dict per epoch (with ``epoch`` and ``step``)."""
+    validation split nothing is measured. ``min_interval``: at most one measurement per this many steps
+    (small data sets have epochs of a few steps), and always one after the last epoch. ``history``: one
+    dict per measurement (with ``epoch`` and ``step``)."""
 
-    def __init__(self, max_samples: int = 2000, warn: bool = True):
+    def __init__(self, max_samples: int = 2000, min_interval: int = 100, warn: bool = True):
         from gens._validation import check_int
 
         self.max_samples = check_int("max_samples", max_samples, minimum=2)
+        self.min_interval = check_int("min_interval", min_interval, minimum=0)
         self.warn = bool(warn)
         self.history: list[dict] = []
         self._x = None
@@ -141,6 +144,11 @@ class FidelityMonitor(L.Callback):
             module.train(was)
 
     def on_train_epoch_end(self, trainer, module):
+        last = self.history[-1]["step"] if self.history else -math.inf
+        final = trainer.current_epoch + 1 >= (trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf) \
+            or (trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)
+        if trainer.global_step - last < self.min_interval and not final:
+            return
         rec = self.measure(trainer, module)
         if rec is None:
             return

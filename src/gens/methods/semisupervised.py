@@ -97,23 +97,19 @@ def select_labelled(y, n_labels: int, seed: int = 0, n_classes: int | None = Non
 class SemiSupervisedGENModule(GENModule):
     """GEN with a K-mode mixture target and labelled samples pulled to their component (module docstring)."""
 
-    def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,
-                 betas=(0.5, 0.999), target_spec=None, bandwidth=None, bandwidth_correction: bool = False,
-                 lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
-                 bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
-                 eps: float | None = None, n_modes: int | None = None, mode_scale: float = 6.0,
-                 sup_weight: float = 1.0, supervision: str = "ce", labelled_batch: int = 100,
+    def __init__(self, data_shape, latent_dim: int, target_spec=None, n_modes: int | None = None,
+                 mode_scale: float = 6.0, sup_weight: float = 1.0, supervision: str = "ce", labelled_batch: int = 100,
                  n_labels: int | None = None, label_seed: int = 0, bandwidth_scale: float = 1.0,
-                 query_noise: bool = False, leave_one_out: bool = True):
+                 lam: float = DEFAULT_LAM, **gen_kwargs):
+        """The semi-supervised arguments here; every other one is GENModule's, with its default (``gen_kwargs``)."""
         given = n_modes is not None
         n_modes = check_int("n_modes", DEFAULT_MODES if n_modes is None else n_modes, minimum=2)
         mode_scale = check_float("mode_scale", mode_scale, minimum=0.0, min_inclusive=False)
         if target_spec is None:
             target_spec = {"type": "mixture_on_simplex", "n_components": n_modes,
                            "dim": check_int("latent_dim", latent_dim, minimum=1), "scale": mode_scale}
-        super().__init__(data_shape, latent_dim, arch, hidden, lr, betas, target_spec, bandwidth,
-                         bandwidth_correction, lam, objective, bank_mode, bank_size, refresh_every, bank_reshuffle,
-                         eps, query_noise=query_noise, bandwidth_scale=bandwidth_scale, leave_one_out=leave_one_out)
+        super().__init__(data_shape, latent_dim, target_spec=target_spec, bandwidth_scale=bandwidth_scale, lam=lam,
+                         **gen_kwargs)
         k = self.target.n_components
         if given and k != n_modes:
             raise ValueError(f"n_modes: is {n_modes} but the target has {k} components; give a target with "

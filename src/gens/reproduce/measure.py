@@ -12,7 +12,7 @@ Inception-v3 (``gens.evaluation.fid``); the mean epoch time. It never raises: a 
 
 A job is a plain dict (so it can go to a spawned process)::
 
-    {"method": "gen", "kwargs": {}, "data": "mnist:DIR", "epochs": 12, "seed": 0, "latent_dim": 8,
+    {"method": "gen", "kwargs": {}, "data": "mnist:DIR", "epochs": 12, "steps": None, "seed": 0, "latent_dim": 8,
      "batch_size": 100, "limit": None, "ns": [1000, 2000, 5000, 10000], "accelerator": "auto",
      "threads": None, "fid": None | {"features": "domain" | "inception", "n": 10000, "source": "mnist:DIR",
      "cache_dir": None, "classifier_epochs": None, "classifier_limit": None, "inception_weights": None},
@@ -20,7 +20,10 @@ A job is a plain dict (so it can go to a spawned process)::
      "train_entropy": False, "latents_out": None | "path/to/latents.npy"}
 
 ``train_entropy`` adds ``Htrain``: the entropy of max(ns) training latents (does the regulariser's effect on
-the training latents carry over to the test latents?); ``latents_out`` saves the test latents (n_test, l).
+the training latents carry over to the test latents?); ``latents_out`` saves the test latents (n_test, l);
+``history_out`` the per-epoch validation fidelity (``gens.fidelity``) as JSON. The budget: ``epochs`` and/or
+``steps`` (both None: ``gens.training.DEFAULT_STEPS``); ``test_limit``: measure on the first test_limit test
+samples (``limit`` limits the training split and, without test_limit, the test split too).
 
 Settings the job leaves out come from the method's own defaults (``gens.methods``) and ``gens.training``.
 """
@@ -87,7 +90,7 @@ def _callbacks(job):
             self.times.append(time.perf_counter() - self._t)
             if job.get("progress"):
                 recon = trainer.callback_metrics.get("val/recon")
-                print(f"  {job.get('label', job['method'])}: epoch {trainer.current_epoch + 1}/{job['epochs']} "
+                print(f"  {job.get('label', job['method'])}: epoch {trainer.current_epoch + 1}/{job.get('epochs') or '-'} "
                       f"{self.times[-1]:.1f} s" + (f", val recon {float(recon):.4f}" if recon is not None else ""),
                       flush=True)
 
@@ -134,7 +137,8 @@ def _train_and_measure(job: dict) -> dict:
     from gens.training import TrainingDiverged, encode_all, fidelity_monitor, train
 
     start = time.perf_counter()
-    row = {"method": job["method"], "epochs": job["epochs"], "seed": job["seed"], "status": "ok", "message": ""}
+    row = {"method": job["method"], "epochs": job.get("epochs"), "steps": job.get("steps"), "seed": job["seed"],
+           "status": "ok", "message": ""}
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     try:
@@ -144,13 +148,15 @@ def _train_and_measure(job: dict) -> dict:
         dk = {"limit": job["limit"]} if job.get("limit") else {}
         try:
             module, trainer = train(job["method"], job["data"], latent_dim=job.get("latent_dim", 8),
-                                    max_epochs=job["epochs"], batch_size=job.get("batch_size", 100),
+                                    max_epochs=job.get("epochs"), max_steps=job.get("steps"),
+                                    batch_size=job.get("batch_size", 100),
                                     seed=job["seed"], trainer_kwargs=tk, datamodule_kwargs=dk,
                                     **(job.get("kwargs") or {}))
         except TrainingDiverged as err:
             row.update(status="diverged", message=str(err)[:300])
             return row
         row["train_s"] = time.perf_counter() - start
+        row["global_step"] = int(trainer.global_step)
         monitor = fidelity_monitor(trainer)
         if job.get("history_out") and monitor is not None:  # the per-epoch fidelity of the validation latents
             import json
@@ -160,6 +166,10 @@ def _train_and_measure(job: dict) -> dict:
         module.eval()
         device = next(module.parameters()).device
         x = trainer.datamodule.split_tensors("test")[0]
+        if job.get("test_limit"):  # measure on the first test_limit test samples, whatever limit trained on
+            from gens.data import load_dataset
+
+            x = torch.as_tensor(load_dataset(job["data"], "test", limit=int(job["test_limit"]))[0])
         z = encode_all(module, x)
         with torch.no_grad():
             recon = sum(float(module.recon_loss(c.to(device), module.reconstruct(c.to(device)))) * len(c)
@@ -250,11 +260,11 @@ def method_defaults(method: str) -> dict:
     reproduction uses unless told otherwise; part of each unit's key, so a changed default recomputes)."""
     import inspect
 
-    from gens.methods import METHODS
+    from gens.methods import method_parameters
 
     out = {}
-    for name, p in inspect.signature(METHODS[method].__init__).parameters.items():
-        if name in ("self", "data_shape", "latent_dim") or p.default is inspect.Parameter.empty:
+    for name, p in method_parameters(method).items():
+        if p.default is inspect.Parameter.empty:
             continue
         v = p.default
         out[name] = list(v) if isinstance(v, tuple) else v if isinstance(v, (int, float, str, bool, type(None))) \
