@@ -24,25 +24,26 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Callback
 from torch.utils.data import Sampler
 
 __all__ = [
+    "AtomicCheckpointIO",
+    "EpochSampler",
+    "ResumeCallback",
     "UnsafeCheckpointError",
     "atomic_save",
     "load_checkpoint",
-    "AtomicCheckpointIO",
     "method_name",
     "module_from_checkpoint",
-    "EpochSampler",
-    "ResumeCallback",
     "step_seed",
 ]
 
@@ -105,13 +106,19 @@ def load_checkpoint(path, map_location="cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeCheckpointError(
             f"checkpoint: refused to load {path}: weights-only loading allows only tensors and plain "
-            f"containers, and this file holds something else ({first[:200]})"
+            f"containers, and this file holds something else; nothing in it was run. torch says: {_one_line(err)}"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise UnsafeCheckpointError(f"checkpoint: {path} is not a readable torch checkpoint ({err})") from None
+        raise UnsafeCheckpointError(f"checkpoint: {path} is not a readable torch checkpoint ({_one_line(err)})") \
+            from None
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's whole message on one line (terminal colour codes and line breaks removed)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    return " ".join(text.split()) or type(err).__name__
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -155,8 +162,12 @@ def module_from_checkpoint(checkpoint, method: str | None = None, map_location="
     hp = dict(ckpt.get("hyper_parameters") or {})
     if "data_shape" not in hp or "latent_dim" not in hp or "state_dict" not in ckpt:
         raise ValueError("checkpoint: lacks 'hyper_parameters' (data_shape, latent_dim) or 'state_dict'")
-    module = build_module(method, hp.pop("data_shape"), hp.pop("latent_dim"), **hp)
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module = build_module(method, hp.pop("data_shape"), hp.pop("latent_dim"), **hp)
+        module.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as err:  # another method's hyperparameters or weights
+        raise ValueError(f"checkpoint: its hyperparameters or weights do not fit a {method!r} model "
+                         f"({_one_line(err)[:300]})") from None
     return module.eval()
 
 

@@ -9,6 +9,7 @@ A run folder (``gens train`` writes it; ``gens sample|reconstruct|interpolate RU
     RUN/tensorboard/           TensorBoard events
     RUN/metrics.json           summary: test reconstruction MSE, bandwidth, latent statistics, time
     RUN/reconstructions.png  RUN/samples.png  RUN/latents.png  RUN/losses.png
+    RUN/fidelity.png           validation latents against the predicted distribution, per epoch (gens.fidelity)
 
 Checkpoints are written atomically and read weights-only (``gens.checkpoint``); a run killed at any
 point and resumed with ``train_run(config, RUN, resume=True)`` ends with the same weights as an
@@ -18,182 +19,40 @@ uninterrupted one (same seed, CPU).
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
-import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from gens._validation import check_choice, check_float, check_int
+from gens._validation import check_choice
+from gens.runconfig import (
+    DEFAULT_EPOCHS,
+    DEFAULTS,
+    RESUME_OPTIONS,
+    RUN_OPTIONS,
+    module_kwargs,
+    resolve_config,
+    target_spec,
+    too_wide,
+)
+from gens.runfolder import RunFolder, default_out, read_json, write_json
 
 __all__ = [
     "DEFAULTS",
     "DEFAULT_EPOCHS",
-    "RUN_OPTIONS",
     "RESUME_OPTIONS",
-    "resolve_config",
-    "default_out",
-    "target_spec",
-    "module_kwargs",
-    "train_run",
-    "load_run",
-    "run_split",
+    "RUN_OPTIONS",
     "as_images",
-    "write_json",
+    "default_out",
+    "load_run",
+    "module_kwargs",
+    "resolve_config",
+    "run_split",
+    "target_spec",
+    "train_run",
     "write_figures",
+    "write_json",
 ]
-
-# Every option of a run, with its default (None: decided from the data or the method).
-DEFAULTS = {
-    "method": "gen",
-    "data": "digits",
-    "latent_dim": 8,
-    "epochs": None,  # DEFAULT_EPOCHS by data
-    "batch_size": 100,
-    "lr": 2e-4,
-    "seed": 0,
-    "lam": None,  # the method's own default
-    "objective": "nonsaturating",
-    "bank_mode": "refresh",
-    "bank_size": 10000,
-    "refresh_every": 10,
-    "bandwidth": None,
-    "bandwidth_correction": False,
-    "bandwidth_scale": None,  # GEN: the method's own default
-    "leave_one_out": True,  # GEN (refresh): leave the minibatch's own samples out of the bank
-    "target": "normal",
-    "labels": None,  # semisupervised: training labels kept, balanced per class (None: all)
-    "hidden": [1000, 1000],
-    "arch": "auto",
-    "limit": None,
-    "val_fraction": 0.1,
-    "checkpoint_every": 100,
-    "accelerator": "auto",
-    "devices": "auto",
-    "num_nodes": 1,
-    "strategy": "auto",
-}
-# Options that may change when a run is resumed (the rest must match the saved config).
-RESUME_OPTIONS = ("epochs", "accelerator", "devices", "num_nodes", "strategy", "checkpoint_every")
-RUN_OPTIONS = tuple(DEFAULTS)
-
-# Default epochs per data source: digits (1,293 training images of 8x8, 13 batches an epoch) gives
-# recognisable samples after about 40 (val recon 0.014); MNIST-sized data about a dozen (the training core).
-DEFAULT_EPOCHS = {"digits": 40, None: 12}
-
-# run option -> module keyword (for the methods whose constructor takes it)
-_MODULE_KEYS = {
-    "lr": "lr", "lam": "lam", "objective": "objective", "bank_mode": "bank_mode", "bank_size": "bank_size",
-    "refresh_every": "refresh_every", "bandwidth": "bandwidth", "bandwidth_correction": "bandwidth_correction",
-    "bandwidth_scale": "bandwidth_scale", "leave_one_out": "leave_one_out",
-    "hidden": "hidden", "arch": "arch", "labels": "n_labels",
-}
-
-
-def resolve_config(options: dict) -> dict:
-    """Fill defaults into ``options`` (run option -> value; None or missing = default) and validate.
-
-    Options the chosen method does not take (``lam`` for the AE, ``bank_size`` for the VAE, ...) raise a
-    ValueError when given explicitly and are dropped when left at their default.
-    """
-    from gens.methods import METHODS
-
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: is not a run option; options: {', '.join(DEFAULTS)}")
-    given = {k: v for k, v in options.items() if v is not None}
-    cfg = {**DEFAULTS, **given}
-    cfg["method"] = check_choice("method", cfg["method"], METHODS)
-    cfg["data"] = str(cfg["data"])
-    cfg["latent_dim"] = check_int("latent_dim", cfg["latent_dim"], minimum=1)
-    if cfg["epochs"] is None:
-        cfg["epochs"] = DEFAULT_EPOCHS.get(cfg["data"], DEFAULT_EPOCHS[None])
-    cfg["epochs"] = check_int("epochs", cfg["epochs"], minimum=1)
-    cfg["batch_size"] = check_int("batch_size", cfg["batch_size"], minimum=1)
-    cfg["seed"] = check_int("seed", cfg["seed"], minimum=0, maximum=2**32 - 1)
-    cfg["lr"] = check_float("lr", cfg["lr"], minimum=0.0, min_inclusive=False)
-    cfg["val_fraction"] = check_float("val_fraction", cfg["val_fraction"], 0.0, 1.0, max_inclusive=False)
-    cfg["checkpoint_every"] = check_int("checkpoint_every", cfg["checkpoint_every"], minimum=0)
-    if cfg["limit"] is not None:
-        cfg["limit"] = check_int("limit", cfg["limit"], minimum=2)
-    cfg["num_nodes"] = check_int("num_nodes", cfg["num_nodes"], minimum=1)
-    cfg["hidden"] = [check_int("hidden", h, minimum=1) for h in _as_list(cfg["hidden"])]
-    target_spec(cfg["target"], cfg["latent_dim"])  # validates the target string
-    accepted = set(inspect.signature(METHODS[cfg["method"]].__init__).parameters)
-    for opt, key in _MODULE_KEYS.items():
-        if key not in accepted:
-            if opt in given and given[opt] != DEFAULTS[opt]:
-                raise ValueError(f"{opt}: is not an option of method {cfg['method']!r}")
-            cfg[opt] = None
-    if "target_spec" not in accepted:
-        if "target" in given and given["target"] != DEFAULTS["target"]:
-            raise ValueError(f"target: method {cfg['method']!r} has no target (its prior is N(0, I))")
-        cfg["target"] = None
-    return cfg
-
-
-def _as_list(v):
-    if isinstance(v, str):
-        return [int(s) for s in v.replace(",", " ").split()]
-    return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
-def target_spec(target: str | None, latent_dim: int) -> dict | None:
-    """``"normal"`` -> N(0, I_l); ``"mog:K"`` or ``"mog:K:SCALE"`` -> K unit-covariance modes whose means
-    are at least SCALE (default 6) apart (``gens.targets.mixture_on_simplex``). None -> None."""
-    if target is None:
-        return None
-    text = str(target).strip().lower()
-    if text in ("normal", "standard_normal", "n01"):
-        return {"type": "standard_normal", "dim": int(latent_dim)}
-    parts = text.split(":")
-    if parts[0] == "mog" and len(parts) in (2, 3):
-        try:
-            k = int(parts[1])
-            scale = float(parts[2]) if len(parts) == 3 else 6.0
-        except ValueError:
-            k, scale = 0, 0.0
-        if k >= 1 and scale > 0 and math.isfinite(scale):
-            return {"type": "mixture_on_simplex", "n_components": k, "dim": int(latent_dim), "scale": scale}
-    raise ValueError(f"target: must be 'normal', 'mog:K' or 'mog:K:SCALE' (K >= 1 modes, SCALE > 0), got {target!r}")
-
-
-def module_kwargs(cfg: dict) -> dict:
-    """The keyword arguments of ``gens.methods.build_module`` for a resolved config."""
-    kw = {_MODULE_KEYS[o]: cfg[o] for o in _MODULE_KEYS if cfg.get(o) is not None}
-    if cfg.get("target") is not None:
-        kw["target_spec"] = target_spec(cfg["target"], cfg["latent_dim"])
-    return kw
-
-
-def default_out(cfg: dict, root="runs") -> Path:
-    """``runs/<method>-<data name>-<YYYYmmdd-HHMMSS>``."""
-    name = cfg["data"].split(":")[0] if ":" in cfg["data"] else Path(cfg["data"]).stem or cfg["data"]
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{cfg['method']}-{''.join(c if c.isalnum() else '_' for c in name)}-{stamp}"
-
-
-def write_json(path, obj) -> Path:
-    """Write JSON atomically (temp file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 # ------------------------------------------------------------------------------------------ training
 
@@ -247,60 +106,70 @@ def _last_checkpoint_callback(path: Path, every: int):
     return LastCheckpoint()
 
 
-def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, callbacks=(),
+def train_run(cfg: dict, out=None, *, resume: bool = False, progress: bool = True, callbacks=(),
               figures: bool = True) -> dict:
     """Train (or, with ``resume``, continue) the run ``cfg`` (from :func:`resolve_config`) in folder ``out``.
 
-    Writes config.json first, then trains with checkpoints, CSV and TensorBoard logs, then the figures
-    (unless ``figures=False``) and metrics.json. Returns the metrics.json summary. ``callbacks`` are added
-    to the Trainer.
+    ``out``: a folder, a claimed ``gens.runfolder.RunFolder``, or None (a fresh ``default_out`` folder). A new
+    run refuses a folder holding another run's files; a resume checks last.ckpt before touching anything
+    (``gens.runfolder``). Everything that can be checked before training is (data size, the GEN's bandwidth,
+    the accelerator); then config.json is written, training runs with checkpoints, CSV and TensorBoard logs
+    (metrics.csv continued across resumes), then the figures (unless ``figures=False``) and metrics.json.
+    Returns the metrics.json summary (with ``run_folder``). ``callbacks`` are added to the Trainer. Ctrl-C
+    raises KeyboardInterrupt (Lightning would exit the process).
     """
+    if isinstance(out, RunFolder):
+        folder = out
+    elif resume:
+        folder = RunFolder.resume(out)
+    else:
+        folder = RunFolder.new(out, base=default_out(cfg))
+    with folder:
+        return _train(cfg, folder, resume, progress, callbacks, figures)
+
+
+def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks, figures: bool) -> dict:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     import gens
     from gens.checkpoint import AtomicCheckpointIO, ResumeCallback
     from gens.methods import build_module
-    from gens.training import DivergenceGuard
+    from gens.training import fidelity_monitor, standard_callbacks
 
-    out = Path(out)
+    out = folder.path
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise ValueError(f"resume: {last} does not exist; nothing to resume")
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     dm = _datamodule(cfg)
+    if dm.n_train < 2:
+        raise ValueError(f"data: {cfg['data']} leaves {dm.n_train} training sample(s) (limit {cfg['limit']}, "
+                         f"val_fraction {cfg['val_fraction']}); training needs at least 2")
     module = build_module(cfg["method"], list(dm.data_shape), cfg["latent_dim"], **module_kwargs(cfg))
+    _check_bandwidth(module, dm.n_train)
+    point = folder.check_resume(cfg, module) if resume else None  # reads only
     info = {"gens_version": gens.__version__, "torch_version": torch.__version__,
             "lightning_version": L.__version__, "data_shape": list(dm.data_shape), "n_train": dm.n_train,
             "n_val": dm.n_val, "created": cfg.get("created") or _dt.datetime.now().isoformat(timespec="seconds")}
     cfg = {**cfg, **info}
-    write_json(out / "config.json", cfg)
 
-    procs = cfg["devices"] * cfg["num_nodes"] if isinstance(cfg["devices"], int) else 1
+    procs = max(1, cfg["devices"]) * cfg["num_nodes"] if isinstance(cfg["devices"], int) else 1
     batches = math.ceil(dm.n_train / (cfg["batch_size"] * procs))  # per process and epoch
-    cbs = [ResumeCallback(cfg["seed"], sampler=dm.train_sampler, batch_size=cfg["batch_size"]), DivergenceGuard(),
+    cbs = [ResumeCallback(cfg["seed"], sampler=dm.train_sampler, batch_size=cfg["batch_size"]), *standard_callbacks(),
            _last_checkpoint_callback(last, cfg["checkpoint_every"]), *callbacks]
     if dm.n_val > 0:
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                    auto_insert_metric_name=False, enable_version_counter=False,
                                    every_n_epochs=max(1, cfg["checkpoint_every"] // batches)))
-    loggers = [CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tensorboard", version="")]
-    trainer = L.Trainer(
-        max_epochs=cfg["epochs"], accelerator=cfg["accelerator"], devices=cfg["devices"],
-        num_nodes=cfg["num_nodes"], strategy=cfg["strategy"], logger=loggers, callbacks=cbs,
-        plugins=[AtomicCheckpointIO()], log_every_n_steps=max(1, min(50, batches)),
-        enable_progress_bar=progress, enable_model_summary=progress,
-        num_sanity_val_steps=0,
-    )
+    loggers = [folder.csv_logger(point), TensorBoardLogger(out, name="tensorboard", version="")]
+    trainer = _trainer(cfg, logger=loggers, callbacks=cbs, plugins=[AtomicCheckpointIO()],
+                       log_every_n_steps=max(1, min(50, batches)), enable_progress_bar=progress,
+                       enable_model_summary=progress, num_sanity_val_steps=0)
+    folder.write_config(cfg)  # the first write into the folder
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*Experiment logs directory.*exists.*")
-        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
+    _fit(trainer, module, dm, last if resume else None, resume_hint=f"gens train --resume {out}")
     seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return {}
@@ -309,17 +178,82 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, ca
     cfg["bandwidth_h"] = None if h is None or not math.isfinite(float(h)) else float(h)
     write_json(out / "config.json", cfg)
     summary = write_figures(module, dm, out, cfg, trainer=trainer, figures=figures)
+    monitor = fidelity_monitor(trainer)
+    if monitor is not None and monitor.history:  # validation-latent fidelity at the end (gens.fidelity)
+        summary["fidelity"] = monitor.history[-1]
     summary.update({"train_seconds_this_call": round(seconds, 2), "epochs_trained": int(trainer.current_epoch),
                     "global_step": int(trainer.global_step), "resumed": bool(resume)})
     write_json(out / "metrics.json", summary)
-    return summary
+    return {**summary, "run_folder": str(out)}
+
+
+def _check_bandwidth(module, n_train: int) -> None:
+    """Resolve a GEN's bandwidth now, as its training start would (h_opt for m capped at the training set),
+    and refuse h >= 1 before the first step: the shrunk target of Sec. 4 would not exist, so the trained
+    run could be neither sampled nor drawn."""
+    if not hasattr(module, "bandwidth_h"):
+        return
+    from gens.bandwidth import BandwidthWarning
+
+    m = min(int(module.bank_size), int(n_train))
+    if not math.isfinite(float(module.bandwidth_h)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BandwidthWarning)  # refused below with the run's options
+            module._resolve_bandwidth(m)
+    h = float(module.bandwidth_h)
+    try:
+        if h < 1:
+            module.target.shrink(h)
+            return
+    except ValueError:
+        pass
+    raise ValueError(too_wide(h, module.latent_dim, m))
+
+
+def _trainer(cfg: dict, **kwargs):
+    """``lightning.Trainer`` for the run's hardware options; what Lightning cannot set up is one ValueError."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    hw = {k: cfg[k] for k in ("accelerator", "devices", "num_nodes", "strategy")}
+    try:
+        return L.Trainer(max_epochs=cfg["epochs"], **hw, **kwargs)
+    except (MisconfigurationException, ValueError, RuntimeError) as err:
+        text = " ".join(str(err).split())
+        raise ValueError(f"accelerator: cannot train with {', '.join(f'{k}={v!r}' for k, v in hw.items())} on this "
+                         f"machine: {text}") from None
+
+
+def _fit(trainer, module, dm, ckpt_path, resume_hint: str) -> None:
+    """``trainer.fit``; Ctrl-C raises KeyboardInterrupt (Lightning calls sys.exit(1) and ignores SIGINT after)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+            trainer.fit(module, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path),
+                        weights_only=True)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        raise KeyboardInterrupt(f"continue from the last checkpoint with `{resume_hint}`") from None
+    finally:
+        if handler is not None and signal.getsignal(signal.SIGINT) is not handler:
+            try:
+                signal.signal(signal.SIGINT, handler)
+            except ValueError:  # not the main thread
+                pass
 
 
 # ------------------------------------------------------------------------------------- loading runs
 
 
 def load_run(run, which: str = "last"):
-    """``(module, config)`` of a run folder; weights from checkpoints/{last,best}.ckpt, loaded weights-only."""
+    """``(module, config)`` of a run folder; weights from checkpoints/{last,best}.ckpt, loaded weights-only.
+
+    A checkpoint of another method, or one whose network does not fit config.json, is a ValueError."""
     from gens.checkpoint import load_checkpoint, module_from_checkpoint
 
     run = Path(run)
@@ -327,19 +261,37 @@ def load_run(run, which: str = "last"):
     cfg_path = run / "config.json"
     if not cfg_path.is_file():
         raise ValueError(f"run: {run} is not a run folder (no config.json); give the folder `gens train` wrote")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json(cfg_path, "run")
     ckpt_path = run / "checkpoints" / f"{which}.ckpt"
     if not ckpt_path.is_file():
         raise ValueError(f"checkpoint: {ckpt_path} does not exist (choose 'last' or 'best')")
-    module = module_from_checkpoint(load_checkpoint(ckpt_path), method=cfg["method"])
+    ckpt = load_checkpoint(ckpt_path)
+    tagged = (ckpt.get("gens") or {}).get("method") if isinstance(ckpt, dict) else None
+    if tagged is not None and tagged != cfg.get("method"):
+        raise ValueError(f"checkpoint: {ckpt_path} holds a {tagged!r} model, but {cfg_path} is a "
+                         f"{cfg.get('method')!r} run; the folder mixes two runs")
+    try:
+        module = module_from_checkpoint(ckpt, method=cfg["method"])
+    except ValueError as err:
+        raise ValueError(f"checkpoint: {ckpt_path}: {err}") from None
+    for key, have in (("data_shape", list(module.data_shape)), ("latent_dim", int(module.latent_dim))):
+        if key in cfg and have != cfg[key]:
+            raise ValueError(f"checkpoint: {ckpt_path} holds a model with {key} {have}, but {cfg_path} says "
+                             f"{cfg[key]}; the folder mixes two runs")
     return module, cfg
 
 
 def run_split(cfg: dict, split: str = "test", data: str | None = None, limit: int | None = None):
-    """``(X tensor, y tensor or None)`` of a run's data (or ``data``), split "train" | "val" | "test"."""
+    """``(X tensor, y tensor or None)`` of a run's data (or ``data``), split "train" | "val" | "test".
+
+    Data of another sample shape than the run was trained on is a ValueError."""
     check_choice("split", split, ("train", "val", "test"))
     dm = _datamodule({**cfg, "data": data or cfg["data"], "limit": limit if limit is not None else cfg.get("limit")})
-    return dm.split_tensors(split)
+    x, y = dm.split_tensors(split)
+    shape = cfg.get("data_shape")
+    if shape is not None and list(x.shape[1:]) != list(shape):
+        raise ValueError(f"data: samples of shape {tuple(x.shape[1:])} do not fit a model trained on {tuple(shape)}")
+    return x, y
 
 
 def as_images(x, data_shape):
@@ -384,7 +336,7 @@ def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True
         mse = float(((recon - x.float()) ** 2).mean())
         gen = torch.Generator().manual_seed(cfg["seed"])
         samples = module.sample(64, generator=gen)
-    summary = {"method": cfg["method"], "data": cfg["data"], "eval_split": split, "n_eval": int(len(x)),
+    summary = {"method": cfg["method"], "data": cfg["data"], "eval_split": split, "n_eval": len(x),
                "recon_mse": mse, "bandwidth": cfg.get("bandwidth_h"), "latent_mean_abs": float(z.abs().mean()),
                "latent_std": [float(s) for s in z.std(0)], "latent_mean": [float(m) for m in z.mean(0)]}
     if y is not None and hasattr(module, "predict"):  # semisupervised: most probable component vs label
@@ -413,5 +365,10 @@ def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True
         try:
             plots.loss_curves(out / "metrics.csv", out / "losses.png", title=f"{cfg['method'].upper()} {cfg['data']}")
         except ValueError:  # nothing logged yet (e.g. zero training steps)
+            pass
+        try:
+            plots.fidelity_curves(out / "metrics.csv", out / "fidelity.png",
+                                  title=f"{cfg['method'].upper()} {cfg['data']}: validation latents vs predicted")
+        except ValueError:  # no fidelity measured (no validation split)
             pass
     return summary

@@ -61,13 +61,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = args._module.run(args)
-    except ValueError as err:  # bad input: one clear line, no traceback
-        print(f"gens {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"gens {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"gens {args.command}: interrupted" + (f"; {_one_line(err)}" if str(err) else ""), file=sys.stderr)
         return 130
+    except Exception as err:
+        message = _user_error(err)
+        if message is None:
+            raise  # a bug: the traceback is what helps
+        print(f"gens {args.command}: error: {message}", file=sys.stderr)  # one clear line, no traceback
+        return 2
     return int(code or 0)
+
+
+def _user_error(err: Exception) -> str | None:
+    """The one line for an error the user can act on, or None for a bug.
+
+    Bad input (ValueError), a diverged training (``gens.training.TrainingDiverged``), running out of memory,
+    and a file that cannot be read or written (OSError with a file name)."""
+    training = sys.modules.get("gens.training")
+    if isinstance(err, ValueError) or (training is not None and isinstance(err, training.TrainingDiverged)):
+        return _one_line(err)
+    text = str(err)
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+            isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())):
+        return f"out of memory ({_one_line(err)[:200]}); ask for less (a smaller -n, --limit or --batch-size)"
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or _one_line(err)}"
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

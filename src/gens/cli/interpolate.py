@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=10, help="points per line, endpoints included")
     p.add_argument("--data", default=S, help="data source for --mode test (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="seed choosing the pairs")
-    p.add_argument("--out", default=S, help="PNG path (default: RUN/interpolate-<mode>.png)")
+    p.add_argument("--out", default=S, help="PNG path (default: RUN/interpolate-<mode>.png); FILE.npy: the "
+                   "array goes there, the PNG beside it")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint")
     p.add_argument("--npy", action="store_true", default=S, help="also save the decoded grid (pairs, steps, ...) as .npy")
 
@@ -44,6 +45,7 @@ def run(args) -> int:
 
     from gens import plots
     from gens._validation import check_int
+    from gens.cli._output import write_outputs
     from gens.runs import as_images, image_scale, load_run, run_split
 
     pairs = check_int("pairs", args.pairs, minimum=1)
@@ -57,7 +59,7 @@ def run(args) -> int:
         x = interpolate(module, z[:pairs], z[pairs:], steps)
         ends = None
     else:
-        data, _ = run_split(cfg, "test", data=getattr(args, "data", None))
+        data, _ = run_split(cfg, "test", data=getattr(args, "data", None))  # refuses data of another shape
         if len(data) < 2:
             raise ValueError("data: the test split needs at least 2 samples to pick pairs")
         idx = torch.randperm(len(data), generator=gen)[: 2 * pairs]
@@ -68,16 +70,12 @@ def run(args) -> int:
             x = interpolate(module, module.encode(xa), module.encode(xb), steps)
         ends = (xa, xb)
     images = as_images(x.reshape(pairs * steps, *x.shape[2:]), shape)
-    if images is None:
-        raise ValueError(f"run: data of shape {shape} are not images; use --npy to save the interpolations")
-    grid = images.reshape(pairs, steps, *images.shape[1:])
-    if ends is not None:  # originals at both ends of every row
-        a, b = (as_images(e, shape)[:, None] for e in ends)
-        grid = np.concatenate([a, grid, b], axis=1)
-    out = Path(getattr(args, "out", None)) if getattr(args, "out", None) else Path(args.run) / f"interpolate-{args.mode}.png"
-    plots.interpolation_grid(grid, out, scale=image_scale(shape))
-    print(f"wrote {out}")
-    if getattr(args, "npy", False):
-        np.save(out.with_suffix(".npy"), x.numpy())
-        print(f"wrote {out.with_suffix('.npy')}")
+    draw = None
+    if images is not None:
+        grid = images.reshape(pairs, steps, *images.shape[1:])
+        if ends is not None:  # originals at both ends of every row
+            a, b = (as_images(e, shape)[:, None] for e in ends)
+            grid = np.concatenate([a, grid, b], axis=1)
+        draw = lambda path: plots.interpolation_grid(grid, path, scale=image_scale(shape))
+    write_outputs(args, Path(args.run) / f"interpolate-{args.mode}.png", x.numpy(), draw, "interpolations", shape)
     return 0

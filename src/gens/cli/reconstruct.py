@@ -19,7 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data", default=S, help="data source (default: the run's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split")
     p.add_argument("-n", type=int, default=32, help="number of images shown")
-    p.add_argument("--out", default=S, help="PNG path (default: RUN/reconstruct-<split>.png)")
+    p.add_argument("--out", default=S, help="PNG path (default: RUN/reconstruct-<split>.png); FILE.npy: the "
+                   "array goes there, the PNG beside it")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint")
     p.add_argument("--npy", action="store_true", default=S, help="also save all reconstructions of the split as .npy")
 
@@ -30,26 +31,23 @@ def run(args) -> int:
 
     from gens import plots
     from gens._validation import check_int
+    from gens.cli._output import write_outputs
     from gens.runs import as_images, image_scale, load_run, run_split
 
     n = check_int("n", args.n, minimum=1)
     module, cfg = load_run(args.run, args.checkpoint)
-    x, _ = run_split(cfg, args.split, data=getattr(args, "data", None))
+    x, _ = run_split(cfg, args.split, data=getattr(args, "data", None))  # refuses data of another shape
     shape = tuple(cfg["data_shape"])
-    if tuple(x.shape[1:]) != shape:
-        raise ValueError(f"data: samples of shape {tuple(x.shape[1:])} do not fit a model trained on {shape}")
     with torch.no_grad():
         recon = torch.cat([module.reconstruct(c).float() for c in x.split(1000)])
     mse = float(((recon - x) ** 2).mean())
-    out = Path(getattr(args, "out", None)) if getattr(args, "out", None) else Path(args.run) / f"reconstruct-{args.split}.png"
-    xi, ri = as_images(x[:n], shape), as_images(recon[:n], shape)
-    if xi is None:
-        raise ValueError(f"run: data of shape {shape} are not images; use --npy to save the reconstructions")
-    rows = [np.concatenate([xi[i : i + 8], ri[i : i + 8]]) for i in range(0, len(xi), 8)]
-    plots.image_grid(np.concatenate(rows), out, nrow=min(8, len(xi)), scale=image_scale(shape))
     print(f"{args.split} reconstruction MSE per pixel ({len(x)} samples): {mse:.5f}")
-    print(f"wrote {out}")
-    if getattr(args, "npy", False):
-        np.save(out.with_suffix(".npy"), recon.numpy())
-        print(f"wrote {out.with_suffix('.npy')}")
+    xi, ri = as_images(x[:n], shape), as_images(recon[:n], shape)
+    draw = None
+    if xi is not None:
+        rows = [np.concatenate([xi[i : i + 8], ri[i : i + 8]]) for i in range(0, len(xi), 8)]
+        draw = lambda path: plots.image_grid(np.concatenate(rows), path, nrow=min(8, len(xi)),
+                                             scale=image_scale(shape))
+    write_outputs(args, Path(args.run) / f"reconstruct-{args.split}.png", recon.numpy(), draw, "reconstructions",
+                  shape)
     return 0

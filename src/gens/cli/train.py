@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -52,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       help="GEN: multiply h_opt by this factor in (0, 1] (default: the GEN's, see BENCHMARKS.md)")
     a("--no-leave-one-out", dest="leave_one_out", action="store_false", default=S,
       help="GEN: keep a minibatch's own samples in the bank when eq. 3 is evaluated (biased; default: left out)")
+    a("--coverage", type=float, default=S, help="GEN: weight of the target-sample half of eq. 2, which draws "
+      "latents into regions the target fills (0: eq. 3 alone, the paper; default: the GEN's)")
     a("--target", default=S, help=f"GEN/AAE/WAE target: normal | mog:K | mog:K:SCALE | mog with --modes K "
       f"(default: {_d('target')}; semisupervised: mog:10)")
     a("--modes", type=int, default=None, help="number K of mixture modes for --target mog")
@@ -103,6 +104,7 @@ def run(args) -> int:
     # instead of 0.15 s per digits step with two threads on a busy 2-core machine); sleeping waits cost
     # nothing when the cores are free and change no numbers. Takes effect if torch is not yet loaded.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from gens.runfolder import RunFolder, is_worker, read_json
     from gens.runs import RESUME_OPTIONS, default_out, resolve_config, train_run
 
     opts = _options(args)
@@ -113,24 +115,24 @@ def run(args) -> int:
         cfg_path = out / "config.json"
         if not cfg_path.is_file():
             raise ValueError(f"resume: {out} is not a run folder (no config.json)")
-        saved = json.loads(cfg_path.read_text())
+        saved = read_json(cfg_path, "resume")
         for k, v in opts.items():
             if k not in RESUME_OPTIONS and saved.get(k) != resolve_config({**_saved_options(saved), k: v})[k]:
                 raise ValueError(f"{k.replace('_', '-')}: cannot change when resuming (saved: {saved.get(k)!r}); "
                                  f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may")
         cfg = resolve_config({**_saved_options(saved), **{k: v for k, v in opts.items() if k in RESUME_OPTIONS}})
         cfg["created"] = saved.get("created")
+        folder = RunFolder.resume(out)
     else:
         cfg = resolve_config(opts)
-        out = Path(args.out) if args.out else default_out(cfg)
-        if not args.out and os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("GENS_TRAIN_OUT"):
-            out = Path(os.environ["GENS_TRAIN_OUT"])  # a DDP worker process: the folder rank 0 chose
-        os.environ["GENS_TRAIN_OUT"] = str(out)  # inherited by the worker processes Lightning launches
-        if (out / "checkpoints" / "last.ckpt").exists():
-            raise ValueError(f"out: {out} already holds a run; continue it with --resume {out} or choose another --out")
-    summary = train_run(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
+        out = Path(args.out) if args.out else None
+        if not args.out and is_worker() and os.environ.get("GENS_TRAIN_OUT"):
+            out = Path(os.environ["GENS_TRAIN_OUT"])  # a DDP worker process: the folder rank 0 claimed
+        folder = RunFolder.new(out, base=default_out(cfg))  # refuses a folder holding another run's files
+        os.environ["GENS_TRAIN_OUT"] = str(folder.path)  # inherited by the worker processes Lightning launches
+    summary = train_run(cfg, folder, resume=bool(args.resume), progress=not args.no_progress)
     if summary:
-        print(f"run folder: {out}")
+        print(f"run folder: {folder.path}")
         h = summary.get("bandwidth")
         print(f"{summary['eval_split']} reconstruction MSE per pixel: {summary['recon_mse']:.5f}"
               + (f"; bandwidth h = {h:.4f}" if h else ""))
@@ -145,4 +147,7 @@ def _saved_options(saved: dict) -> dict:
     out = {k: saved[k] for k in RUN_OPTIONS if k in saved}
     if "leave_one_out" not in saved and saved.get("method") in ("gen", "semisupervised"):
         out["leave_one_out"] = False  # a run made before the option existed continues as it was trained
+    if out.get("bandwidth") is not None:  # a fixed h ignored these (a run saved before they were refused)
+        out.pop("bandwidth_scale", None)
+        out.pop("bandwidth_correction", None)
     return out

@@ -1,0 +1,197 @@
+"""The configuration of a run: every option with its default, resolved and checked before anything runs.
+
+``resolve_config(options)`` fills in the defaults and validates every option (one ``ValueError`` line naming
+it); ``gens.runs`` re-exports everything here. Beyond types and ranges it refuses what would only fail (or
+silently do something else) later: a fixed ``bandwidth`` >= 1 (no shrunk target, Sec. 4), ``bandwidth`` with
+``bandwidth_scale`` or ``bandwidth_correction`` (which only change h_opt, so a fixed h ignores them), and
+``devices`` 0. A relative data path is made absolute, so the run can be read from any folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from gens._validation import check_choice, check_float, check_int
+
+__all__ = [
+    "DEFAULTS",
+    "DEFAULT_EPOCHS",
+    "RESUME_OPTIONS",
+    "RUN_OPTIONS",
+    "module_kwargs",
+    "resolve_config",
+    "target_spec",
+    "too_wide",
+]
+
+# Every option of a run, with its default (None: decided from the data or the method).
+DEFAULTS = {
+    "method": "gen",
+    "data": "digits",
+    "latent_dim": 8,
+    "epochs": None,  # DEFAULT_EPOCHS by data
+    "batch_size": 100,
+    "lr": 2e-4,
+    "seed": 0,
+    "lam": None,  # the method's own default
+    "objective": "nonsaturating",
+    "bank_mode": "refresh",
+    "bank_size": 10000,
+    "refresh_every": 10,
+    "bandwidth": None,
+    "bandwidth_correction": False,
+    "bandwidth_scale": None,  # GEN: the method's own default
+    "leave_one_out": True,  # GEN (refresh): leave the minibatch's own samples out of the bank
+    "coverage": None,  # GEN: weight of the target-sample half of eq. 2 (the method's own default)
+    "target": "normal",
+    "labels": None,  # semisupervised: training labels kept, balanced per class (None: all)
+    "hidden": [1000, 1000],
+    "arch": "auto",
+    "limit": None,
+    "val_fraction": 0.1,
+    "checkpoint_every": 100,
+    "accelerator": "auto",
+    "devices": "auto",
+    "num_nodes": 1,
+    "strategy": "auto",
+}
+# Options that may change when a run is resumed (the rest must match the saved config).
+RESUME_OPTIONS = ("epochs", "accelerator", "devices", "num_nodes", "strategy", "checkpoint_every")
+RUN_OPTIONS = tuple(DEFAULTS)
+
+# Default epochs per data source: digits (1,293 training images of 8x8, 13 batches an epoch) gives
+# recognisable samples after about 40 (val recon 0.014); MNIST-sized data about a dozen (the training core).
+DEFAULT_EPOCHS = {"digits": 40, None: 12}
+
+# run option -> module keyword (for the methods whose constructor takes it)
+_MODULE_KEYS = {
+    "lr": "lr", "lam": "lam", "objective": "objective", "bank_mode": "bank_mode", "bank_size": "bank_size",
+    "refresh_every": "refresh_every", "bandwidth": "bandwidth", "bandwidth_correction": "bandwidth_correction",
+    "bandwidth_scale": "bandwidth_scale", "leave_one_out": "leave_one_out", "coverage": "coverage",
+    "hidden": "hidden", "arch": "arch", "labels": "n_labels",
+}
+
+
+def resolve_config(options: dict) -> dict:
+    """Fill defaults into ``options`` (run option -> value; None or missing = default) and validate.
+
+    Options the chosen method does not take (``lam`` for the AE, ``bank_size`` for the VAE, ...) raise a
+    ValueError when given explicitly and are dropped when left at their default.
+    """
+    from gens.methods import METHODS, method_parameters
+
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: is not a run option; options: {', '.join(DEFAULTS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    cfg = {**DEFAULTS, **given}
+    cfg["method"] = check_choice("method", cfg["method"], METHODS)
+    cfg["data"] = absolute_source(cfg["data"])
+    cfg["latent_dim"] = check_int("latent_dim", cfg["latent_dim"], minimum=1)
+    if cfg["epochs"] is None:
+        cfg["epochs"] = DEFAULT_EPOCHS.get(cfg["data"], DEFAULT_EPOCHS[None])
+    cfg["epochs"] = check_int("epochs", cfg["epochs"], minimum=1)
+    cfg["batch_size"] = check_int("batch_size", cfg["batch_size"], minimum=1)
+    cfg["seed"] = check_int("seed", cfg["seed"], minimum=0, maximum=2**32 - 1)
+    cfg["lr"] = check_float("lr", cfg["lr"], minimum=0.0, min_inclusive=False)
+    cfg["val_fraction"] = check_float("val_fraction", cfg["val_fraction"], 0.0, 1.0, max_inclusive=False)
+    cfg["checkpoint_every"] = check_int("checkpoint_every", cfg["checkpoint_every"], minimum=0)
+    if cfg["limit"] is not None:
+        cfg["limit"] = check_int("limit", cfg["limit"], minimum=2)
+    cfg["num_nodes"] = check_int("num_nodes", cfg["num_nodes"], minimum=1)
+    cfg["devices"] = _check_devices(cfg["devices"])
+    cfg["hidden"] = [check_int("hidden", h, minimum=1) for h in _as_list(cfg["hidden"])]
+    target_spec(cfg["target"], cfg["latent_dim"])  # validates the target string
+    accepted = set(method_parameters(cfg["method"]))
+    for opt, key in _MODULE_KEYS.items():
+        if key not in accepted:
+            if opt in given and given[opt] != DEFAULTS[opt]:
+                raise ValueError(f"{opt}: is not an option of method {cfg['method']!r}")
+            cfg[opt] = None
+    if "target_spec" not in accepted:
+        if "target" in given and given["target"] != DEFAULTS["target"]:
+            raise ValueError(f"target: method {cfg['method']!r} has no target (its prior is N(0, I))")
+        cfg["target"] = None
+    if cfg.get("bandwidth") is not None:
+        fixed = [f"--{o.replace('_', '-')}" for o in ("bandwidth_scale", "bandwidth_correction") if given.get(o)]
+        if fixed:
+            raise ValueError(f"bandwidth: a fixed --bandwidth is used as given, so {' and '.join(fixed)} (which "
+                             "only change h_opt) would be ignored; give one or the other")
+        cfg["bandwidth"] = check_float("bandwidth", cfg["bandwidth"], minimum=0.0, min_inclusive=False)
+        if cfg["bandwidth"] >= 1:
+            raise ValueError(too_wide(cfg["bandwidth"], cfg["latent_dim"]))
+    return cfg
+
+
+def too_wide(h: float, latent_dim: int, m: int | None = None) -> str:
+    """The message for a kernel bandwidth h >= 1 (or one the target cannot be shrunk by)."""
+    where = f"l = {latent_dim}" + (f", m = {m}" if m is not None else "")
+    return (f"bandwidth: h = {h:.4g} ({where}) must be < 1: a kernel as wide as the target leaves no shrunk target "
+            "(Sec. 4) to sample from; use a larger --bank-size, a smaller --latent-dim, --bandwidth-correction or a "
+            "smaller --bandwidth(-scale)")
+
+
+def absolute_source(data) -> str:
+    """A data source with its path made absolute ('digits' and absolute paths stay as they are)."""
+    from gens.data.loaders import SCHEMES
+
+    text = str(data).strip()
+    if text.lower() == "digits" or not text:
+        return text
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme.lower() in SCHEMES:
+        return f"{scheme}:{os.path.abspath(os.path.expanduser(rest))}" if rest else text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def _check_devices(devices):
+    """'auto', N >= 1, -1 (all), or a list of device indices ([0, 1] or '0,1')."""
+    text = str(devices).strip()
+    if text == "auto":
+        return "auto"
+    if isinstance(devices, (list, tuple)):
+        ok, out = all(isinstance(d, int) and d >= 0 for d in devices) and len(devices) > 0, list(devices)
+    elif text.lstrip("-").isdigit() and not isinstance(devices, bool):
+        out = int(text)
+        ok = out >= 1 or out == -1
+    else:
+        out, ok = text, bool(text.strip(",")) and all(p.strip().isdigit() for p in text.strip(",").split(","))
+    if not ok:
+        raise ValueError(f"devices: must be 'auto', a number >= 1, -1 (all) or device indices like 0,1; "
+                         f"got {devices!r}")
+    return out
+
+
+def _as_list(v):
+    if isinstance(v, str):
+        return [int(s) for s in v.replace(",", " ").split()]
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def target_spec(target: str | None, latent_dim: int) -> dict | None:
+    """``"normal"`` -> N(0, I_l); ``"mog:K"`` or ``"mog:K:SCALE"`` -> K unit-covariance modes whose means
+    are at least SCALE (default 6) apart (``gens.targets.mixture_on_simplex``). None -> None."""
+    if target is None:
+        return None
+    text = str(target).strip().lower()
+    if text in ("normal", "standard_normal", "n01"):
+        return {"type": "standard_normal", "dim": int(latent_dim)}
+    parts = text.split(":")
+    if parts[0] == "mog" and len(parts) in (2, 3):
+        try:
+            k = int(parts[1])
+            scale = float(parts[2]) if len(parts) == 3 else 6.0
+        except ValueError:
+            k, scale = 0, 0.0
+        if k >= 1 and scale > 0 and math.isfinite(scale):
+            return {"type": "mixture_on_simplex", "n_components": k, "dim": int(latent_dim), "scale": scale}
+    raise ValueError(f"target: must be 'normal', 'mog:K' or 'mog:K:SCALE' (K >= 1 modes, SCALE > 0), got {target!r}")
+
+
+def module_kwargs(cfg: dict) -> dict:
+    """The keyword arguments of ``gens.methods.build_module`` for a resolved config."""
+    kw = {_MODULE_KEYS[o]: cfg[o] for o in _MODULE_KEYS if cfg.get(o) is not None}
+    if cfg.get("target") is not None:
+        kw["target_spec"] = target_spec(cfg["target"], cfg["latent_dim"])
+    return kw
