@@ -344,6 +344,12 @@ def test_unsafe_checkpoint_message_is_whole_and_one_line(tmp_path):
     assert "trust the source of the checkpoint" in text  # torch's warning, no longer cut off
 
 
+def test_non_json_target_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "t.json").write_text("{not json")
+    _one_line_exit_2(capsys, ["bandwidth", "--target", tmp_path / "t.json", "--dim", "2", "--samples", "100"],
+                     f"{tmp_path / 't.json'}: is not valid JSON (Expecting property name")
+
+
 def test_damaged_config_json_names_the_file(runs, tmp_path, capsys):
     run = _copy(runs, "gen1", tmp_path)
     (run / "config.json").write_text("{not json")

@@ -116,8 +116,8 @@ def resolve_config(options: dict) -> dict:
     if cfg.get("bandwidth") is not None:
         fixed = [f"--{o.replace('_', '-')}" for o in ("bandwidth_scale", "bandwidth_correction") if given.get(o)]
         if fixed:
-            raise ValueError(f"bandwidth: a fixed --bandwidth is used as given, so {' and '.join(fixed)} (which "
-                             "only change h_opt) would be ignored; give one or the other")
+            raise ValueError(f"bandwidth: a fixed --bandwidth is used as given, so {' and '.join(fixed)} would be "
+                             "ignored (only h_opt is scaled or corrected); give one or the other")
         cfg["bandwidth"] = check_float("bandwidth", cfg["bandwidth"], minimum=0.0, min_inclusive=False)
         if cfg["bandwidth"] >= 1:
             raise ValueError(too_wide(cfg["bandwidth"], cfg["latent_dim"]))

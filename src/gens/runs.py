@@ -12,8 +12,9 @@ A run folder (``gens train`` writes it; ``gens sample|reconstruct|interpolate RU
     RUN/fidelity.png           validation latents against the predicted distribution, per epoch (gens.fidelity)
 
 Checkpoints are written atomically and read weights-only (``gens.checkpoint``); a run killed at any
-point and resumed with ``train_run(config, RUN, resume=True)`` ends with the same weights as an
-uninterrupted one (same seed, CPU).
+point and resumed with ``train_run(config, RUN, resume=True)`` ends with the same weights and the same
+metrics.csv as an uninterrupted one (same seed, CPU). ``gens.runfolder`` owns the folder's life (claiming,
+locking, checking a resume before anything changes, continuing the log); ``gens.runconfig`` the options.
 """
 
 from __future__ import annotations

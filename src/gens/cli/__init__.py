@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gens {args.command}: interrupted" + (f"; {_one_line(err)}" if str(err) else ""), file=sys.stderr)
         return 130
     except Exception as err:
-        message = _user_error(err)
+        message = _user_error(err, args)
         if message is None:
             raise  # a bug: the traceback is what helps
         print(f"gens {args.command}: error: {message}", file=sys.stderr)  # one clear line, no traceback
@@ -73,11 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
-def _user_error(err: Exception) -> str | None:
+def _user_error(err: Exception, args=None) -> str | None:
     """The one line for an error the user can act on, or None for a bug.
 
-    Bad input (ValueError), a diverged training (``gens.training.TrainingDiverged``), running out of memory,
-    and a file that cannot be read or written (OSError with a file name)."""
+    Bad input (ValueError; a JSON file given on the command line that does not parse is named), a diverged
+    training (``gens.training.TrainingDiverged``), running out of memory, and a file that cannot be read or
+    written (OSError with a file name)."""
+    import json
+
+    if isinstance(err, json.JSONDecodeError) and args is not None:
+        path = _json_argument(err, args)
+        if path is not None:
+            return f"{path}: is not valid JSON ({_one_line(err)})"
     training = sys.modules.get("gens.training")
     if isinstance(err, ValueError) or (training is not None and isinstance(err, training.TrainingDiverged)):
         return _one_line(err)
@@ -87,6 +94,20 @@ def _user_error(err: Exception) -> str | None:
         return f"out of memory ({_one_line(err)[:200]}); ask for less (a smaller -n, --limit or --batch-size)"
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or _one_line(err)}"
+    return None
+
+
+def _json_argument(err, args) -> str | None:
+    """The command-line file whose text ``err`` (a JSONDecodeError) failed to parse, if one is."""
+    from pathlib import Path
+
+    for value in vars(args).values():
+        if isinstance(value, str) and value and len(value) < 4096:
+            try:
+                if Path(value).is_file() and Path(value).read_text(errors="replace") == err.doc:
+                    return value
+            except OSError:
+                continue
     return None
 
 
