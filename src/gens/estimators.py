@@ -19,7 +19,10 @@ anything else feature-wise onto [0, 1] with the training minimum and range (undo
 
 Attributes after ``fit``: ``module_`` (the trained LightningModule, CPU, eval mode), ``n_features_in_``
 (pixels per sample), ``input_shape_`` (shape of one sample), ``history_`` (per-epoch means of the logged
-train/* and the val/* metrics), ``seed_``; ``bandwidth_`` (GEN: the kernel bandwidth h used);
+train/* and the val/* metrics), ``fidelity_`` (``gens.fidelity.FidelityMonitor``'s records: the latents'
+covariance eigenvalues and std against the predicted distribution and the whitened-entropy gap, measured on
+the validation split, or on training samples without one; a ``FidelityWarning`` at the end of ``fit`` when
+the latents inflated or a direction collapsed), ``seed_``; ``bandwidth_`` (GEN: the kernel bandwidth h used);
 ``data_min_`` / ``data_range_`` (None when not scaled).
 
 Determinism: with an integer ``random_state`` a fit on the CPU is reproducible bit for bit (every
@@ -88,7 +91,7 @@ class _GensEstimator(LatentModelMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         from gens.checkpoint import ResumeCallback
         from gens.data import GensDataModule
         from gens.methods import build_module
-        from gens.training import DivergenceGuard
+        from gens.training import fidelity_monitor, standard_callbacks
 
         params = self._checked_params()
         X = self._validate(X, reset=True)
@@ -112,12 +115,13 @@ class _GensEstimator(LatentModelMixin, ClassNamePrefixFeaturesOutMixin, Transfor
                 max_epochs=params["max_epochs"], accelerator=self.accelerator, devices=1, logger=False,
                 enable_checkpointing=False, enable_progress_bar=bool(self.verbose),
                 enable_model_summary=bool(self.verbose), num_sanity_val_steps=0,
-                callbacks=[ResumeCallback(self.seed_), DivergenceGuard(), history],
+                callbacks=[ResumeCallback(self.seed_), *standard_callbacks(), history],
             )
             trainer.fit(module, datamodule=dm)
         module._trainer = None  # the fitted estimator keeps weights, not the training machinery
         self.module_ = module.cpu().eval()
         self.history_ = history.rows
+        self.fidelity_ = fidelity_monitor(trainer).history
         self._fit_latent_models(Xs)
         h = getattr(module, "bandwidth_h", None)
         if h is not None:
@@ -240,7 +244,7 @@ class _GensEstimator(LatentModelMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         from gens.samplers import samplers_state
 
         check_is_fitted(self)
-        attrs = {k: getattr(self, k) for k in ("n_features_in_", "input_shape_", "seed_", "bandwidth_", "history_",
+        attrs = {k: getattr(self, k) for k in ("n_features_in_", "input_shape_", "seed_", "bandwidth_", "history_", "fidelity_",
                                                 "_n_features_out", "noise_variance_") if hasattr(self, k)}
         for k in ("data_min_", "data_range_"):
             v = getattr(self, k)
@@ -318,7 +322,8 @@ class GEN(_GensEstimator):
     """Generative Encoding Network (Algorithm 1): autoencoder + lam * the eq. 3 KDE-JSD term.
 
     Parameters: ``latent_dim``; ``lam`` (None: the module's default), ``objective``
-    ("nonsaturating" | "literal" | "kl"), ``bank_mode`` ("refresh" | "queue"), ``bank_size`` (m, capped
+    ("nonsaturating" | "literal" | "kl" | a name given to ``gens.divergence.register_objective``), ``bank_mode``
+    ("refresh" | "queue" | a name given to ``gens.bank.register_bank``), ``bank_size`` (m, capped
     at the training samples), ``refresh_every`` (kb), ``bandwidth`` (None: h_opt), ``bandwidth_correction``,
     ``bandwidth_scale`` (factor on h_opt; None: the module's default), ``leave_one_out`` (refresh mode: leave
     each minibatch's own samples out of the bank),

@@ -13,7 +13,7 @@ their prior. ``latent_fidelity(z, predicted, ...)`` measures, on latents z: (n, 
   as the encoded queries (independent of the bank) and as many p_t draws; in nats, in [0, 2 log 2].
 
 ``FidelityMonitor`` is a Lightning callback that measures this every epoch on (up to ``max_samples``)
-validation latents, logs ``fidelity/*`` (so metrics.csv and the estimators' ``history_`` hold it), keeps
+validation latents (training latents when there is no validation split), logs ``fidelity/*`` (so metrics.csv and the estimators' ``history_`` hold it), keeps
 ``history`` and warns once, at the end of training, when the latents inflated or a direction collapsed.
 """
 
@@ -97,7 +97,7 @@ class FidelityMonitor(L.Callback):
     """Measure ``latent_fidelity`` on validation latents after every training epoch (see the module docstring).
 
     max_samples: validation samples used (the first ones; fewer when the split is smaller). Without a
-    validation split nothing is measured. ``min_interval``: at most one measurement per this many steps
+    validation split the first training samples are used instead (and ``jsd`` is left out). ``min_interval``: at most one measurement per this many steps
     (small data sets have epochs of a few steps), and always one after the last epoch. ``history``: one
     dict per measurement (with ``epoch`` and ``step``)."""
 
@@ -109,14 +109,20 @@ class FidelityMonitor(L.Callback):
         self.warn = bool(warn)
         self.history: list[dict] = []
         self._x = None
+        self.source = None  # "val" or "train": where the measured samples come from
 
     def _samples(self, trainer):
+        """Validation samples (``source`` "val"); without a validation split the first training samples
+        (``source`` "train": then no ``jsd``, since the bank may hold the same samples)."""
         if self._x is None:
             dm = getattr(trainer, "datamodule", None)
-            x = None
-            if dm is not None and hasattr(dm, "split_tensors") and getattr(dm, "n_val", 0) > 0:
-                x = dm.split_tensors("val")[0][: self.max_samples]
-            self._x = x if x is not None else torch.empty(0)
+            x, self.source = torch.empty(0), None
+            if dm is not None and hasattr(dm, "split_tensors"):
+                if getattr(dm, "n_val", 0) > 0:
+                    x, self.source = dm.split_tensors("val")[0][: self.max_samples], "val"
+                elif hasattr(dm, "train_tensor"):
+                    x, self.source = dm.train_tensor()[: self.max_samples], "train"
+            self._x = x
         return self._x
 
     @torch.no_grad()
@@ -134,7 +140,8 @@ class FidelityMonitor(L.Callback):
             except ValueError:  # h >= 1: no shrunk target
                 return None
             bank, target, h = None, getattr(module, "target", None), None
-            if getattr(module, "_bank_x", None) is not None and math.isfinite(float(module.bandwidth_h)):
+            if self.source == "val" and getattr(module, "_bank_x", None) is not None \
+                    and math.isfinite(float(module.bandwidth_h)):
                 bank = torch.cat([module.encode(c.to(device)).double().cpu() for c in module._bank_x.split(2048)])
                 h = float(module.bandwidth_h)
             if not bool(torch.isfinite(z).all()):
