@@ -1,19 +1,27 @@
 """The lagged bank of m latents that the GEN's KDE is built from (Algorithm 1, lines 3 and 12-13).
 
-Two modes:
+``LatentBank`` stores the (m, l) detached latents; a *bank strategy* (a ``BankStrategy`` subclass, looked
+up by the GEN's ``bank_mode`` in ``BANKS``, ``gens.registry``) decides how they are filled and kept: set-up
+when training starts, the per-step refresh or push, the rows a query may not see (``leave_one_out``) and
+the checkpoint state. The built-ins:
 
-- ``"refresh"`` (the paper): the bank holds the encodings of m fixed training samples, re-encoded with
-  the current encoder, without gradients, every ``kb`` minibatch updates (``LatentBank.refresh``).
-- ``"queue"``: a FIFO of the detached latents of the most recent minibatches (``LatentBank.push``),
-  as in momentum-contrast queues: no re-encoding, so about half the cost per epoch.
+- ``"refresh"`` (the paper, ``RefreshBank``): the bank holds the encodings of m fixed training samples,
+  re-encoded with the current encoder, without gradients, every ``kb`` minibatch updates
+  (``LatentBank.refresh``); a minibatch's own samples are matched by content (``sample_keys``).
+- ``"queue"`` (``QueueBank``): a FIFO of the detached latents of the most recent minibatches
+  (``LatentBank.push``), as in momentum-contrast queues: no re-encoding, so about half the cost per epoch.
+
+``register_bank(name, cls)`` adds a strategy; ``GENModule(bank_mode=name)``, ``gens.GEN(bank_mode=name)``
+and ``gens train --bank-mode name`` then accept it.
 
 Under DDP (``torch.distributed`` initialised) every rank ends with the same m latents: in ``refresh``
 each rank encodes its contiguous share of the m samples and the shares are all-gathered; in ``push``
-the minibatch latents of all ranks are all-gathered (rank order) before they enter the queue. Without a
-process group everything runs locally.
+the minibatch latents of all ranks are all-gathered (rank order) before they enter the queue; the
+training samples a strategy draws are rank 0's (broadcast). Without a process group everything runs locally.
 
 The bank is a plain object, not an ``nn.Module``: its tensor is not a module buffer, so DDP does not
-broadcast it every step and checkpoints do not carry it (it is rebuilt at the start of training).
+broadcast it every step; checkpoints carry it through the strategy's ``state_dict`` (``GENModule``'s
+``gen_bank`` entry), so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import functools
 
 import torch
 
-from gens._validation import check_choice, check_int
+from gens._validation import check_int
+from gens.registry import BANKS
 
-__all__ = ["LatentBank", "all_gather_rows", "world", "sample_keys"]
+__all__ = ["BANKS", "BankStrategy", "LatentBank", "QueueBank", "RefreshBank", "all_gather_rows", "register_bank",
+           "sample_keys", "world"]
 
-MODES = ("refresh", "queue")
+MODES = BANKS.builtins  # the built-in strategies ("refresh", "queue")
 
 
 def world() -> tuple[int, int]:
@@ -42,7 +52,7 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x: (n_r, ...)`` over ranks in rank order; rows may differ per rank. Identity without DDP."""
     import torch.distributed as dist
 
-    rank, size = world()
+    _, size = world()
     if size == 1:
         return x
     n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
@@ -89,13 +99,14 @@ class LatentBank:
 
     ``latents()`` -> (k, dim) with k <= size the filled rows (k = size once full). ``refresh(encoder, samples)``
     overwrites it with ``encoder(samples)``; ``push(z)`` appends minibatch latents, dropping the oldest.
-    Rows are kept oldest first.
+    Rows are kept oldest first. ``mode``: a label, a registered bank strategy's name (None: none); how the
+    rows are kept is the strategy's business (``BankStrategy``), not the storage's.
     """
 
-    def __init__(self, size: int, dim: int, mode: str = "refresh"):
+    def __init__(self, size: int, dim: int, mode: str | None = None):
         self.size = check_int("bank_size", size, minimum=2)
         self.dim = check_int("latent_dim", dim, minimum=1)
-        self.mode = check_choice("bank_mode", mode, MODES)
+        self.mode = None if mode is None else BANKS.check(mode)
         self._z = torch.empty(0, self.dim)
 
     def __len__(self) -> int:
@@ -109,7 +120,7 @@ class LatentBank:
         """The bank, (k, dim), oldest row first."""
         return self._z
 
-    def to(self, device) -> "LatentBank":
+    def to(self, device) -> LatentBank:
         self._z = self._z.to(device)
         return self
 
@@ -163,3 +174,159 @@ def _device_of(module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def _near(x: torch.Tensor, device, budget: int = 2**28) -> torch.Tensor:
+    """x on ``device`` when it takes at most ``budget`` bytes there (else it stays put and moves per chunk)."""
+    return x.to(device) if x.numel() * x.element_size() <= budget else x
+
+
+# ------------------------------------------------------------------------------------------- strategies
+
+
+class BankStrategy:
+    """How the GEN's bank is built and kept. Subclass it, override the hooks that differ, ``register_bank``.
+
+    ``GENModule`` makes one per module as ``cls(bank_size, latent_dim)`` and calls the hooks below with
+    itself as ``gen`` (its ``encoder``, ``device``, ``current_epoch``, options ``refresh_every`` and
+    ``bank_reshuffle``, and ``_batches``: the training batches done so far). The base class keeps the bank
+    as the encodings of m training samples drawn at random when training starts, re-encoded only then;
+    every query sees every row.
+
+    Attributes: ``bank`` (the ``LatentBank``), ``source`` ((n_train, getter(index tensor) -> samples), or
+    (None, None) when the data give no random access), ``indices`` ((m,) the samples' indices), ``samples``
+    ((m, *data_shape) those samples).
+    """
+
+    needs_samples = False  # True: training refuses data without random access to the samples (ValueError)
+
+    def __init__(self, size: int, dim: int):
+        self.bank = LatentBank(size, dim)
+        self.source = (None, None)
+        self.indices = None
+        self.samples = None
+
+    # ---- training start and resume
+    def restorable(self, state, n, m: int) -> bool:
+        """Whether checkpoint ``state`` (from ``state_dict``) fits n training samples and a bank of m rows."""
+        if state is None or state["latents"].shape[0] > m:
+            return False
+        idx = state["indices"]
+        return idx is None or (n is not None and idx.numel() == m and int(idx.max()) < n)
+
+    def setup(self, gen, m: int, source, state=None) -> None:
+        """Training starts with a bank of m rows: from ``state`` (a restorable checkpoint state) if given,
+        else m samples are drawn (``draw_samples``) and encoded (``gen.refresh_bank()``)."""
+        self.source = source
+        n = source[0]
+        self.bank = LatentBank(m, self.bank.dim)
+        if state is not None:  # resuming: the bank as it was saved
+            self.bank.fill(state["latents"].to(gen.device))
+            idx = state["indices"]
+            if n is None or idx is None:
+                self.indices, self.samples = idx, None
+            else:
+                self.use_samples(gen, idx)
+            return
+        self.bank.to(gen.device)
+        if n is not None:
+            self.draw_samples(gen)
+            gen.refresh_bank()
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps (``GENModule`` adds the batch counter): tensors, ints, None only."""
+        return {"latents": self.bank.latents().detach().cpu(), "indices": self.indices}
+
+    # ---- per epoch and per step
+    def on_epoch_start(self, gen) -> None:
+        """Before each training epoch."""
+
+    def on_batch_start(self, gen) -> None:
+        """Before each training batch (``gen._batches`` counts the batches before this one)."""
+
+    def on_latents(self, gen, z: torch.Tensor, x: torch.Tensor) -> None:
+        """After a training minibatch's loss: its detached latents z: (n, l) and samples x: (n, *data_shape)."""
+
+    def hidden_rows(self, gen, x: torch.Tensor) -> torch.Tensor | None:
+        """(k,) bool over the bank's rows: those minibatch x may not see (GEN ``leave_one_out``); None: all visible."""
+        return None
+
+    # ---- helpers
+    def refresh(self, gen) -> torch.Tensor:
+        """Re-encode the bank's samples with ``gen.encoder`` (no gradients; shared across DDP ranks)."""
+        return self.bank.refresh(gen.encoder, self.samples)
+
+    def reshuffle_due(self, gen) -> bool:
+        """``bank_reshuffle`` asks for new samples at this epoch (not the first) and the data allow it."""
+        return bool(gen.bank_reshuffle) and gen.current_epoch > 0 and self.source[0] is not None
+
+    def draw_samples(self, gen) -> None:
+        """Choose bank.size training samples at random (rank 0 draws, every rank uses the same indices)."""
+        n, _ = self.source
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+                             )[: self.bank.size]
+        _, size = world()
+        if size > 1:
+            import torch.distributed as dist
+
+            idx = idx.to(gen.device)
+            dist.broadcast(idx, src=0)
+            idx = idx.cpu()
+        self.use_samples(gen, idx)
+
+    def use_samples(self, gen, idx: torch.Tensor) -> None:
+        """Use the training samples at ``idx`` (m,) for the bank."""
+        self.indices = idx
+        self.samples = _near(self.source[1](idx), gen.device)
+
+
+class RefreshBank(BankStrategy):
+    """The paper's bank: m training samples re-encoded every ``refresh_every`` batches (new ones each epoch
+    with ``bank_reshuffle``); a minibatch may not see the rows of its own samples (matched by content)."""
+
+    needs_samples = True
+
+    def __init__(self, size: int, dim: int):
+        super().__init__(size, dim)
+        self.keys = None  # (m,) content keys of the samples (sample_keys)
+
+    def on_epoch_start(self, gen) -> None:
+        if self.reshuffle_due(gen):
+            self.draw_samples(gen)
+            gen.refresh_bank()
+
+    def on_batch_start(self, gen) -> None:
+        if gen._batches > 0 and gen._batches % gen.refresh_every == 0:
+            gen.refresh_bank()
+
+    def hidden_rows(self, gen, x: torch.Tensor) -> torch.Tensor | None:
+        if self.keys is None or len(self.keys) != len(self.bank):
+            return None
+        return torch.isin(self.keys, sample_keys(x).to(self.keys.device))
+
+    def use_samples(self, gen, idx: torch.Tensor) -> None:
+        super().use_samples(gen, idx)
+        self.keys = sample_keys(self.samples).to(gen.device)
+
+    def setup(self, gen, m: int, source, state=None) -> None:
+        self.keys = None
+        super().setup(gen, m, source, state)
+
+
+class QueueBank(BankStrategy):
+    """A FIFO of the latest minibatch latents, first filled by encoding m training samples (when the data
+    allow random access; else it starts empty). A minibatch never meets its own rows."""
+
+    def on_epoch_start(self, gen) -> None:
+        if self.reshuffle_due(gen):
+            self.draw_samples(gen)  # new samples (read by e.g. gens.fidelity), the queue itself is untouched
+
+    def on_latents(self, gen, z: torch.Tensor, x: torch.Tensor) -> None:
+        self.bank.push(z)
+
+
+def register_bank(name: str, cls, *, replace: bool = False):
+    """Make the ``BankStrategy`` subclass ``cls`` the bank strategy ``name`` (``bank_mode=name``). Returns cls."""
+    if not (isinstance(cls, type) and issubclass(cls, BankStrategy)):
+        raise TypeError(f"cls: must be a subclass of gens.bank.BankStrategy, got {cls!r}")
+    return BANKS.register(name, cls, replace=replace)

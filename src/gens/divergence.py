@@ -2,6 +2,12 @@
 
 p_e is the KDE of a bank of latents (``gens.kde``), p_t an analytic target (``gens.targets``).
 Everything is in the log domain: log(p_e + p_t) = logaddexp(log p_e, log p_t).
+
+The training term's form is an *objective*: a function ``fn(log_pe, log_pt, eps)`` of the (n,) log
+densities of the queries under the bank's KDE and the target (and a density floor eps, which objectives
+that need none ignore) returning the (n,) per-query loss; ``gen_jsd_term`` averages it. They are looked
+up by name in ``OBJECTIVES`` (``gens.registry``); ``register_objective(name, fn)`` adds one, which
+``GENModule(objective=name)``, ``gens.GEN(objective=name)`` and ``gens train --objective name`` accept.
 """
 
 from __future__ import annotations
@@ -11,12 +17,42 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gens._validation import check_choice, check_float, check_matrix
+from gens._validation import check_float, check_matrix
 from gens.kde import kde_log_density
+from gens.registry import OBJECTIVES
 
-__all__ = ["JSD_FORMS", "jsd_estimate", "gen_jsd_term", "gen_coverage_term"]
+__all__ = ["JSD_FORMS", "OBJECTIVES", "gen_coverage_term", "gen_jsd_term", "jsd_estimate", "kl_objective",
+           "literal_objective", "nonsaturating_objective", "register_objective"]
 
-JSD_FORMS = ("literal", "nonsaturating", "kl")
+
+def literal_objective(le: torch.Tensor, lt: torch.Tensor, eps: float) -> torch.Tensor:
+    """log[p_e / (p_e + p_t)] per query (eq. 3 as written; unbounded below, unstable)."""
+    return le - torch.logaddexp(le, lt)
+
+
+def nonsaturating_objective(le: torch.Tensor, lt: torch.Tensor, eps: float) -> torch.Tensor:
+    """-log[p_t / (p_e + p_t)] = softplus(log p_e - log p_t) per query (same stationary point; >= 0)."""
+    return F.softplus(le - lt)
+
+
+def kl_objective(le: torch.Tensor, lt: torch.Tensor, eps: float) -> torch.Tensor:
+    """log(p_e + eps) - log(p_t + eps) per query (KL(p_e || p_t) with a density floor eps)."""
+    log_eps = math.log(eps)
+    return torch.logaddexp(le, torch.full_like(le, log_eps)) - torch.logaddexp(lt, torch.full_like(lt, log_eps))
+
+
+def register_objective(name: str, fn, *, replace: bool = False):
+    """Make ``fn(log_pe, log_pt, eps) -> (n,) per-query loss`` (or a 0-d mean) the objective ``name``.
+
+    log_pe, log_pt: (n,) log densities of the minibatch latents under the bank's KDE and the target; eps:
+    the GEN's density floor (``GENModule.density_floor``). Gradients flow through log_pe to the encoder.
+    A registered name cannot be registered again unless ``replace=True`` (built-ins never). Returns fn."""
+    if not callable(fn):
+        raise TypeError(f"fn: must be callable (log_pe, log_pt, eps) -> loss, got {fn!r}")
+    return OBJECTIVES.register(name, fn, replace=replace)
+
+
+JSD_FORMS = OBJECTIVES.builtins  # the built-in objectives ("nonsaturating", "literal", "kl")
 
 
 def _log_densities(z, bank, target, h):
@@ -48,23 +84,19 @@ def gen_jsd_term(z: torch.Tensor, bank: torch.Tensor, target, h: float, form: st
     """The JSD regulariser of the GEN loss (paper eq. 3) for a minibatch of latents.
 
     z: (n, l) minibatch latents (gradients flow to them); bank: (m, l), detached here so it never
-    gets a gradient. Returns a 0-d tensor to minimise. ``form``:
+    gets a gradient. Returns a 0-d tensor to minimise: the mean over the queries of the objective
+    ``OBJECTIVES[form]`` (any registered name; the built-ins):
       "literal":       mean log[p_e / (p_e + p_t)]   (the paper; unbounded below, unstable)
       "nonsaturating": mean -log[p_t / (p_e + p_t)] = mean softplus(log p_e - log p_t)
                        (same stationary point p_e = p_t; bounded below by 0)
       "kl":            mean [log(p_e + eps) - log(p_t + eps)]   (KL(p_e || p_t) with a density floor eps)
     """
-    form = check_choice("form", form, JSD_FORMS)
+    form = OBJECTIVES.check(form, "form")
     eps = check_float("eps", eps, minimum=0.0, min_inclusive=False)
     check_matrix("bank", bank)
     check_matrix("z", z, columns=bank.shape[1])
     le, lt = _log_densities(z, bank.detach(), target, h)
-    if form == "literal":
-        return (le - torch.logaddexp(le, lt)).mean()
-    if form == "nonsaturating":
-        return F.softplus(le - lt).mean()
-    log_eps = math.log(eps)
-    return (torch.logaddexp(le, torch.full_like(le, log_eps)) - torch.logaddexp(lt, torch.full_like(lt, log_eps))).mean()
+    return OBJECTIVES[form](le, lt, eps).mean()
 
 
 def gen_coverage_term(z: torch.Tensor, bank: torch.Tensor, target, h: float, z_t: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--lr", type=float, default=S, help=f"Adam learning rate (default: {_d('lr')})")
     a("--seed", type=int, default=S, help=f"seed of everything random (default: {_d('seed')})")
     a("--lam", type=float, default=S, help="regulariser weight lambda (default: the method's)")
-    a("--objective", default=S, choices=["nonsaturating", "literal", "kl"],
+    # torch-free; the registries themselves, so names registered with register_objective / register_bank count
+    from gens.registry import BANKS, OBJECTIVES
+
+    a("--objective", default=S, choices=OBJECTIVES,
       help=f"GEN: form of the eq. 3 JSD term (default: {_d('objective')})")
-    a("--bank-mode", default=S, choices=["refresh", "queue"], help=f"GEN: latent bank (default: {_d('bank_mode')})")
+    a("--bank-mode", default=S, choices=BANKS, help=f"GEN: latent bank (default: {_d('bank_mode')})")
     a("--bank-size", type=int, default=S, help=f"GEN: bank size m, capped at the data (default: {_d('bank_size')})")
     a("--refresh-every", type=int, default=S, help=f"GEN: re-encode the bank every kb batches (default: "
       f"{_d('refresh_every')})")

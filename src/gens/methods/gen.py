@@ -11,19 +11,24 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * J, the decoder
   bank's reach is pushed further out, ever harder), ``"nonsaturating"`` (-log[p_t / (p_e + p_t)], same
   stationary point; its push vanishes where p_e << p_t and it pulls back hard where p_e > p_t; the
   default), ``"kl"`` (log(p_e + eps) - log(p_t + eps), eps = ``eps`` or 1e-3 times the target's peak
-  density). See ``gens.divergence.gen_jsd_term``.
+  density). See ``gens.divergence.gen_jsd_term``. Any name registered with
+  ``gens.divergence.register_objective`` is accepted too.
 - ``query_noise=True`` evaluates J at z' + h * eps, eps ~ N(0, I) (training only): the term of the
   kernel-smoothed latents q * G_h, whose density the bank's KDE estimates. For the literal form this is the
   gradient of the JSD between q * G_h and p_t with the bank held fixed; the stationary point is unchanged.
 - ``lam`` weighs J against the per-pixel mean squared error, so its meaning does not depend on the
   image size (the paper's lambda multiplies a per-image sum).
-- The bank (``gens.bank.LatentBank``): ``"refresh"`` (the paper) re-encodes m training samples without
-  gradients every ``refresh_every`` (kb) minibatches; ``"queue"`` keeps the detached latents of the most
-  recent minibatches (first filled by encoding m samples). m = ``bank_size`` is capped at the number of
-  training samples, with a warning. ``bank_reshuffle=True`` draws a new set of m samples every epoch.
-  Samples come from ``trainer.datamodule.train_tensor()`` or else the train dataloader's dataset.
-- ``leave_one_out=True`` (refresh mode) drops from the bank, for each training minibatch, the rows that
-  encode the minibatch's own samples (matched by content, ``gens.bank.sample_keys``). The eq. 3 estimate
+- The bank (``gens.bank.LatentBank``), kept by the strategy ``bank_strategy`` = ``gens.bank.BANKS[bank_mode]``
+  (``gens.bank.BankStrategy``: set-up at train start, per-step refresh or push, the rows a query may not
+  see, the checkpoint state; ``gens.bank.register_bank`` adds one): ``"refresh"`` (the paper) re-encodes m
+  training samples without gradients every ``refresh_every`` (kb) minibatches; ``"queue"`` keeps the
+  detached latents of the most recent minibatches (first filled by encoding m samples). m = ``bank_size``
+  is capped at the number of training samples, with a warning. ``bank_reshuffle=True`` draws a new set of
+  m samples every epoch. Samples come from ``trainer.datamodule.train_tensor()`` or else the train
+  dataloader's dataset. Checkpoints keep the strategy's state and the batch counter (``gen_bank``).
+- ``leave_one_out=True`` drops from the bank, for each training minibatch, the rows the strategy hides from
+  it (``BankStrategy.hidden_rows``; refresh mode: the rows that encode the minibatch's own samples, matched
+  by content, ``gens.bank.sample_keys``). The eq. 3 estimate
   needs query latents independent of the KDE's samples (``gens.divergence.jsd_estimate``); a query's own
   lagged encoding sits at distance ~0 and, at h = 0.40 for m = 10^4 and l = 8, its kernel alone is ~0.6x
   the sum over every other bank row (median, measured on trained MNIST latents): the query sees a false
@@ -47,13 +52,12 @@ import warnings
 
 import torch
 
-from gens._validation import check_choice, check_float, check_int
-from gens.bank import MODES, LatentBank, sample_keys, world
+from gens._validation import check_float, check_int
+from gens.bank import BANKS
 from gens.methods.base import BaseAutoencoder, batch_x, make_target
+from gens.registry import OBJECTIVES
 
-__all__ = ["GENModule", "OBJECTIVES", "DEFAULT_LAM", "DEFAULT_BANDWIDTH_SCALE"]
-
-OBJECTIVES = ("nonsaturating", "literal", "kl")
+__all__ = ["DEFAULT_BANDWIDTH_SCALE", "DEFAULT_LAM", "OBJECTIVES", "GENModule"]
 # chosen by the MNIST sweep in BENCHMARKS.md ("Training defaults"): against lam = 0.01 at h_opt, the whitened
 # entropy of 10000 test latents rose from 10.69 to 11.03-11.04 (two seeds) for test MSE 0.0176 -> 0.0216
 DEFAULT_LAM = 0.03
@@ -75,8 +79,8 @@ class GENModule(BaseAutoencoder):
         self.coverage = check_float("coverage", coverage, minimum=0.0)
         self.target = make_target(target_spec, self.latent_dim)
         self.lam = check_float("lam", lam, minimum=0.0)
-        self.objective = check_choice("objective", objective, OBJECTIVES)
-        self.bank_mode = check_choice("bank_mode", bank_mode, MODES)
+        self.objective = OBJECTIVES.check(objective)
+        self.bank_mode = BANKS.check(bank_mode)
         self.bank_size = check_int("bank_size", bank_size, minimum=2)
         self.refresh_every = check_int("refresh_every", refresh_every, minimum=1)
         self.bank_reshuffle = bool(bank_reshuffle)
@@ -89,13 +93,28 @@ class GENModule(BaseAutoencoder):
             h = check_float("bandwidth", bandwidth, minimum=0.0, min_inclusive=False)
             _check_h(h, self.bank_size, self.latent_dim)
         self.register_buffer("bandwidth_h", torch.tensor(h, dtype=torch.float64))
-        self.bank = LatentBank(self.bank_size, self.latent_dim, self.bank_mode)
-        self._bank_idx = None  # (m,) indices of the training samples the bank encodes
-        self._bank_x = None  # (m, *data_shape) those samples (where the data live; moved per chunk)
-        self._bank_keys = None  # (m,) their content keys (gens.bank.sample_keys), for leave_one_out
-        self._source = (None, None)  # (n_train, getter(index) -> tensor)
+        self.bank_strategy = BANKS[self.bank_mode](self.bank_size, self.latent_dim)
         self._batches = 0  # training batches seen (the refresh clock)
         self._restored = None  # bank state from a checkpoint, used by on_train_start
+
+    @property
+    def bank(self):
+        """The ``gens.bank.LatentBank`` of the bank strategy."""
+        return self.bank_strategy.bank
+
+    @property
+    def _bank_x(self):
+        """(m, *data_shape) the training samples the bank encodes (the strategy's; read by gens.fidelity)."""
+        return self.bank_strategy.samples
+
+    @_bank_x.setter
+    def _bank_x(self, x):
+        self.bank_strategy.samples = x
+
+    @property
+    def _bank_idx(self):
+        """(m,) the indices of those samples."""
+        return self.bank_strategy.indices
 
     # ---- bandwidth and generation -----------------------------------------------------------------
     @property
@@ -123,14 +142,15 @@ class GENModule(BaseAutoencoder):
     def jsd_term(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """lam-free eq. 3 term of minibatch latents z: (n, l) against the bank; 0 while the bank holds < 2 rows.
 
-        x: (n, *data_shape), the samples z encodes: with ``leave_one_out`` (refresh mode, training) the bank
-        rows that encode them are left out."""
+        x: (n, *data_shape), the samples z encodes: with ``leave_one_out`` (training) the bank rows the
+        strategy hides from them (refresh mode: those that encode them) are left out."""
         from gens.divergence import gen_jsd_term
 
         bank = self.bank.latents()
-        if x is not None and self.training and self.leave_one_out and self._bank_keys is not None \
-                and len(self._bank_keys) == len(bank):
-            bank = bank[~torch.isin(self._bank_keys, sample_keys(x).to(self._bank_keys.device))]
+        hidden = self.bank_strategy.hidden_rows(self, x) if x is not None and self.training and self.leave_one_out \
+            else None
+        if hidden is not None:
+            bank = bank[~hidden]
         if len(bank) < 2 or not math.isfinite(float(self.bandwidth_h)):
             return z.sum() * 0.0
         if not bool(torch.isfinite(z).all()):  # a NaN loss, so that DivergenceGuard reports it
@@ -168,92 +188,53 @@ class GENModule(BaseAutoencoder):
             cover = self.coverage_term(z)
             reg = reg + self.coverage * cover
             out["cover"] = cover.detach()
-        if training and self.bank_mode == "queue":
-            self.bank.push(z)
+        if training:
+            self.bank_strategy.on_latents(self, z.detach(), x)
         return {"loss": recon + self.lam * reg, "recon": recon.detach(), "reg": reg.detach(),
                 "z_abs": z.detach().abs().mean(), **out}
 
     # ---- the bank ------------------------------------------------------------------------------------
     def on_train_start(self):
-        n, _ = self._source = _sample_source(self.trainer)
-        m = self.bank_size
+        source = _sample_source(self.trainer)
+        n, m = source[0], self.bank_size
         if n is not None and n < m:
             warnings.warn(
                 f"bank_size: {m} is larger than the {n} training samples; using m = {n} "
                 f"(h_opt is computed for m = {n})", stacklevel=2)
             m = n
-        if n is None and self.bank_mode == "refresh":
+        if n is None and self.bank_strategy.needs_samples:
             raise ValueError(
-                "bank_mode: 'refresh' needs random access to the training samples (a GensDataModule or a "
-                "train dataloader whose dataset supports len() and indexing); use bank_mode='queue'")
+                f"bank_mode: {self.bank_mode!r} needs random access to the training samples (a GensDataModule or "
+                "a train dataloader whose dataset supports len() and indexing); use bank_mode='queue'")
         if not math.isfinite(float(self.bandwidth_h)):
             self._resolve_bandwidth(m)
         restored, self._restored = self._restored, None
-        if _restorable(restored, n, m):  # resuming: the bank as it was saved
-            self.bank = LatentBank(m, self.latent_dim, self.bank_mode)
-            self.bank.fill(restored["latents"].to(self.device))
-            self._batches = int(restored["batches"])
-            idx = restored["indices"]
-            if n is None or idx is None:
-                self._bank_idx, self._bank_x, self._bank_keys = idx, None, None
-            else:
-                self._set_bank_samples(idx)
-            return
-        self.bank = LatentBank(m, self.latent_dim, self.bank_mode).to(self.device)
-        self._batches = 0
-        if n is not None:
-            self._draw_bank_samples()
-            self.refresh_bank()
+        if not self.bank_strategy.restorable(restored, n, m):
+            restored = None
+        self._batches = 0 if restored is None else int(restored["batches"])
+        self.bank_strategy.setup(self, m, source, restored)  # restored: resuming, the bank as it was saved
 
     def on_save_checkpoint(self, checkpoint):
-        """Keep the bank, its sample indices and the batch counter, so a resumed run continues exactly."""
-        checkpoint["gen_bank"] = {"latents": self.bank.latents().detach().cpu(), "indices": self._bank_idx,
-                                  "batches": self._batches}
+        """Keep the bank strategy's state (the bank, its sample indices) and the batch counter, so a resumed
+        run continues exactly."""
+        checkpoint["gen_bank"] = {**self.bank_strategy.state_dict(), "batches": self._batches}
 
     def on_load_checkpoint(self, checkpoint):
         self._restored = checkpoint.get("gen_bank")
 
     def on_train_epoch_start(self):
-        if self.bank_reshuffle and self.current_epoch > 0 and self._source[0] is not None:
-            self._draw_bank_samples()
-            if self.bank_mode == "refresh":
-                self.refresh_bank()
+        self.bank_strategy.on_epoch_start(self)
 
     def on_train_batch_start(self, batch, batch_idx):
-        if self.bank_mode == "refresh" and self._batches > 0 and self._batches % self.refresh_every == 0:
-            self.refresh_bank()
+        self.bank_strategy.on_batch_start(self)
         # counted here, not in on_train_batch_end: checkpoint callbacks save before the module's batch-end
         # hook, so a count kept there would be one short in mid-epoch checkpoints (exact resume needs it)
         self._batches += 1
 
     def refresh_bank(self) -> torch.Tensor:
-        """Re-encode the bank's m samples with the current encoder (no gradients; shared across DDP ranks)."""
-        return self.bank.refresh(self.encoder, self._bank_x)
-
-    def _draw_bank_samples(self) -> None:
-        """Choose m training samples at random (rank 0 draws, every rank uses the same indices)."""
-        n, _ = self._source
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-                             )[: self.bank.size]
-        rank, size = world()
-        if size > 1:
-            import torch.distributed as dist
-
-            idx = idx.to(self.device)
-            dist.broadcast(idx, src=0)
-            idx = idx.cpu()
-        self._set_bank_samples(idx)
-
-    def _set_bank_samples(self, idx: torch.Tensor) -> None:
-        """Use the training samples at ``idx`` (m,) for the bank (and key them for leave_one_out)."""
-        self._bank_idx = idx
-        self._bank_x = _near(self._source[1](idx), self.device)
-        self._bank_keys = sample_keys(self._bank_x).to(self.device) if self.bank_mode == "refresh" else None
-
-
-def _near(x: torch.Tensor, device, budget: int = 2**28) -> torch.Tensor:
-    """x on ``device`` when it takes at most ``budget`` bytes there (else it stays put and moves per chunk)."""
-    return x.to(device) if x.numel() * x.element_size() <= budget else x
+        """Re-encode the bank's m samples with the current encoder (no gradients; shared across DDP ranks).
+        Strategies refresh through this method."""
+        return self.bank_strategy.refresh(self)
 
 
 def _sample_source(trainer):
@@ -272,17 +253,9 @@ def _sample_source(trainer):
     try:
         n = len(dataset)
         dataset[0]
-    except Exception:  # an IterableDataset or a dataset without random access
+    except Exception:  # noqa: BLE001 -- an IterableDataset or a dataset without random access
         return None, None
     return n, lambda idx: torch.stack([torch.as_tensor(batch_x(dataset[int(i)])) for i in idx])
-
-
-def _restorable(state, n, m) -> bool:
-    """Whether a checkpoint's bank state fits the current data (n training samples, bank of m)."""
-    if state is None or state["latents"].shape[0] > m:
-        return False
-    idx = state["indices"]
-    return idx is None or (n is not None and idx.numel() == m and int(idx.max()) < n)
 
 
 def _check_h(h: float, m: int, l: int) -> None:
