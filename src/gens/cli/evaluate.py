@@ -13,7 +13,8 @@ DESCRIPTION = (
     "whitened-latent entropy (supplement eqs. 4-5) beside the estimate for N(0, I_l) samples of the same size "
     "(the paper's Table 2); `--latents FILE.npy` scores saved latents instead of a run. "
     "`gens evaluate fid RUN` compares n generated samples with n test images under in-domain CNN features "
-    "(trained once per data source and cached) or the standard FID Inception-v3 (--inception-weights FILE). "
+    "(trained once per data source and cached) or the standard FID Inception-v3 of pytorch-fid "
+    "(`pip install 'gens[fid]'`; --inception-weights FILE, else the torch hub cache; never downloaded). "
     "`gens evaluate correlation` runs the Sec. 5.1 study (KDE vs NN JSD against the separation of a "
     "whitened two-normal mixture) and writes the Fig. 1 PNGs and JSON."
 )
@@ -40,9 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("run", metavar="RUN", help="run folder written by `gens train`")
     f.add_argument("--features", default="domain", choices=["domain", "inception"],
                    help="domain: a CNN classifier trained on the run's labelled data (cached); "
-                   "inception: the FID Inception-v3")
+                   "inception: the FID Inception-v3 of pytorch-fid (optional extra gens[fid])")
     f.add_argument("--inception-weights", default=None,
-                   help="pt_inception-2015-12-05-6726825d.pth (for --features inception)")
+                   help="pt_inception-2015-12-05-6726825d.pth or its folder, for --features inception (default: "
+                   "the torch hub cache $TORCH_HOME/hub/checkpoints; never downloaded; needs pip install 'gens[fid]')")
     f.add_argument("--n", type=int, default=10000, help="samples and test images (capped at the test split)")
     f.add_argument("--data", default=None,
                    help="data source of the real images and the classifier (default: the run's)")
@@ -154,9 +156,10 @@ def _fid(args) -> int:
     from gens.runs import load_run, run_split
 
     n = check_int("n", args.n, minimum=2)
-    if args.features == "inception" and not args.inception_weights:
-        raise ValueError("inception_weights: --features inception needs --inception-weights FILE (the standard "
-                         "pt_inception-2015-12-05-6726825d.pth; it is never downloaded)")
+    model = None
+    if args.features == "inception":  # before the run loads: a missing extra or file fails at once
+        model = F.load_inception(args.inception_weights,  # pytorch-fid's network, the user's file
+                                 device="cuda" if torch.cuda.is_available() else None)
     module, cfg = load_run(args.run, args.checkpoint)
     source = args.data or cfg["data"]
     real, _ = run_split(cfg, "test", data=args.data)
@@ -169,16 +172,15 @@ def _fid(args) -> int:
         g = torch.Generator().manual_seed(check_int("seed", args.seed, minimum=0))
         fake = torch.cat([module.sample(len(c), generator=g).float().cpu() for c in torch.arange(n).split(1000)])
     fake = fake.reshape(n, *real.shape[1:]).clamp(0, 1)
-    if args.features == "inception":
-        model = F.load_inception(args.inception_weights)
-        feats = lambda x: F.inception_features(x, model, batch_size=args.batch_size)  # noqa: E731
+    if model is not None:
+        feats = lambda x: F.inception_features(x, model, batch_size=args.batch_size)
     else:
         kw = {"cache_dir": args.cache_dir, "epochs": args.classifier_epochs}
         _, info = F.domain_classifier(source, progress=print, **kw)
         acc = info.get("test_accuracy")
         print(f"domain classifier: {info['cache']} ({'cached' if info['cached'] else 'trained'}; test accuracy "
               f"{'n/a' if acc is None else f'{acc:.4f}'})")
-        feats = lambda x: F.domain_features(x, source, **kw)  # noqa: E731
+        feats = lambda x: F.domain_features(x, source, **kw)
     f_real = feats(real)
     out = {"run": str(args.run), "features": args.features, "n": n, "fid": F.fid_from_features(f_real, feats(fake))}
     print(f"FID ({args.features} features, n = {n}): generated vs test = {out['fid']:.3f}")

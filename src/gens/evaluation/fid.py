@@ -3,12 +3,12 @@
 FID = ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}) between Gaussians fitted to features of
 real and generated images. Features come from either
 
-- ``InceptionV3FID``: the Inception-v3 network of the standard FID (TF 2015-12-05 graph as ported by
-  pytorch-fid: 2048-d pool3 features), written here without torchvision. Its state_dict keys are
-  torchvision's ``Inception3`` names with pytorch-fid's FID blocks, so the standard file
-  ``pt_inception-2015-12-05-6726825d.pth`` loads into it (``load_inception``). Weights are never
-  downloaded: the user supplies the file. Scores are comparable with published FIDs only with
-  that file (and were not checked against it here: it cannot be downloaded on these machines).
+- ``load_inception`` / ``inception_features``: the Inception-v3 network of the standard FID (TF
+  2015-12-05 graph: 2048-d pool3 features) from the maintained package pytorch-fid (optional extra
+  ``pip install 'gens[fid]'``, imported only here). Its weights are never downloaded: the user supplies
+  ``pt_inception-2015-12-05-6726825d.pth`` (a path, or the torch hub cache $TORCH_HOME/hub/checkpoints),
+  read with ``torch.load(weights_only=True)``. Scores are comparable with published FIDs only with that
+  file (not checked against it here: it cannot be downloaded on these machines).
 - ``domain_features``: the penultimate layer (128-d) of a small CNN classifier that gens trains on
   the labelled training split of the data source and caches on disk, so FID works offline. Such
   scores are comparable between models on the same data, not with published Inception FIDs.
@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
+import threading
 import warnings
 from pathlib import Path
 
@@ -29,8 +31,9 @@ from torch import nn
 
 from gens._validation import check_float, check_int, check_matrix
 
-__all__ = ["frechet_distance", "feature_statistics", "fid_from_features", "InceptionV3FID", "load_inception",
-           "inception_features", "DomainClassifier", "domain_classifier", "domain_features", "fid_score"]
+__all__ = ["FID_WEIGHTS_FILE", "DomainClassifier", "check_inception", "domain_classifier", "domain_features", "feature_statistics",
+           "fid_from_features", "fid_score", "frechet_distance", "inception_features", "inception_weights_path",
+           "load_inception"]
 
 DOMAIN_PROTOCOL = 1  # bump when the classifier or its training changes: old cache files are not reused
 
@@ -87,184 +90,130 @@ def fid_from_features(features1, features2, eps: float = 1e-6) -> float:
 
 # ------------------------------------------------------------------------- Inception-v3 (FID variant)
 
-class BasicConv2d(nn.Module):
-    """conv (no bias) -> batch norm (eps 1e-3) -> ReLU; keys ``conv.*``, ``bn.*`` as in torchvision."""
-
-    def __init__(self, cin: int, cout: int, **kw):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
-        self.bn = nn.BatchNorm2d(cout, eps=0.001)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+_EXTRA = "inception_weights: needs the optional extra: pip install 'gens[fid]'"
+_LOAD_LOCK = threading.Lock()
 
 
-def _avg3(x):  # the FID blocks average without counting the zero padding (TF's behaviour)
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+def _pytorch_fid():
+    """``pytorch_fid.inception``, imported on first use (the optional extra ``gens[fid]``)."""
+    try:
+        from pytorch_fid import inception
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] == "pytorch_fid" or err.name is None:
+            raise ValueError(_EXTRA) from None
+        raise ValueError(f"{_EXTRA} ({_one_line(err)})") from None
+    except (ImportError, RuntimeError, OSError, AttributeError) as err:  # e.g. a torchvision built for
+        # another torch: "RuntimeError: operator torchvision::nms does not exist"
+        raise ValueError(f"{_EXTRA} (importing pytorch_fid failed: {_one_line(err)})") from None
+    return inception
 
 
-class FIDInceptionA(nn.Module):
-    def __init__(self, cin: int, pool_features: int):
-        super().__init__()
-        self.branch1x1 = BasicConv2d(cin, 64, kernel_size=1)
-        self.branch5x5_1 = BasicConv2d(cin, 48, kernel_size=1)
-        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
-        self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
-        self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
-
-    def forward(self, x):
-        b5 = self.branch5x5_2(self.branch5x5_1(x))
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(_avg3(x))], 1)
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
-class InceptionB(nn.Module):
-    def __init__(self, cin: int):
-        super().__init__()
-        self.branch3x3 = BasicConv2d(cin, 384, kernel_size=3, stride=2)
-        self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
-
-    def forward(self, x):
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return torch.cat([self.branch3x3(x), b3, F.max_pool2d(x, 3, stride=2)], 1)
+def _hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-class FIDInceptionC(nn.Module):
-    def __init__(self, cin: int, channels_7x7: int):
-        super().__init__()
-        c7 = channels_7x7
-        self.branch1x1 = BasicConv2d(cin, 192, kernel_size=1)
-        self.branch7x7_1 = BasicConv2d(cin, c7, kernel_size=1)
-        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_1 = BasicConv2d(cin, c7, kernel_size=1)
-        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+def inception_weights_path(path=None) -> Path:
+    """The FID Inception weights file: ``path`` (a file, or a folder holding ``FID_WEIGHTS_FILE``), or with
+    ``path=None`` the torch hub cache ``$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth``.
 
-    def forward(self, x):
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        bd = x
-        for i in range(1, 6):
-            bd = getattr(self, f"branch7x7dbl_{i}")(bd)
-        return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(_avg3(x))], 1)
-
-
-class InceptionD(nn.Module):
-    def __init__(self, cin: int):
-        super().__init__()
-        self.branch3x3_1 = BasicConv2d(cin, 192, kernel_size=1)
-        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
-        self.branch7x7x3_1 = BasicConv2d(cin, 192, kernel_size=1)
-        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
-
-    def forward(self, x):
-        b3 = self.branch3x3_2(self.branch3x3_1(x))
-        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([b3, b7, F.max_pool2d(x, 3, stride=2)], 1)
-
-
-class FIDInceptionE(nn.Module):
-    """InceptionE; ``pool="avg"`` is pytorch-fid's FIDInceptionE_1 (Mixed_7b), "max" its E_2 (Mixed_7c)."""
-
-    def __init__(self, cin: int, pool: str):
-        super().__init__()
-        self.pool = pool
-        self.branch1x1 = BasicConv2d(cin, 320, kernel_size=1)
-        self.branch3x3_1 = BasicConv2d(cin, 384, kernel_size=1)
-        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = BasicConv2d(cin, 448, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
-        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
-
-    def forward(self, x):
-        b3 = self.branch3x3_1(x)
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-        pooled = _avg3(x) if self.pool == "avg" else F.max_pool2d(x, 3, stride=1, padding=1)
-        return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(pooled)], 1)
-
-
-class InceptionV3FID(nn.Module):
-    """Inception-v3 as used by FID: images (n, C, H, W) in [0, 1] -> pool3 features (n, 2048).
-
-    Inputs are resized to 299x299 (bilinear), grey images repeated to RGB, and scaled to [-1, 1].
-    ``fc`` (2048 -> 1008 logits) is kept only so the standard weights file loads with strict keys.
+    Raises a one-line ValueError when the file is not there; nothing is ever downloaded.
     """
-
-    def __init__(self):
-        super().__init__()
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
-        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
-        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = FIDInceptionE(1280, pool="avg")
-        self.Mixed_7c = FIDInceptionE(2048, pool="max")
-        self.fc = nn.Linear(2048, 1008)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"x: must be images of shape (n, 1 or 3, H, W), got {tuple(x.shape)}")
-        x = x.float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2.0 * x - 1.0
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, 3, stride=2)
-        x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)
-        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
-            x = getattr(self, f"Mixed_{name}")(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-
-def load_inception(path) -> InceptionV3FID:
-    """``InceptionV3FID`` with the weights in ``path`` (e.g. pt_inception-2015-12-05-6726825d.pth), in eval mode.
-
-    Loaded with ``torch.load(weights_only=True)``. Every parameter and buffer must be in the file
-    (only BatchNorm's ``num_batches_tracked`` counters may be missing) and nothing else may be.
-    """
-    from gens.checkpoint import load_checkpoint
-
-    path = Path(path)
+    where = f"put {FID_WEIGHTS_FILE} there or in $TORCH_HOME/hub/checkpoints ({_hub_checkpoints()})"
+    if path is None:
+        cached = _hub_checkpoints() / FID_WEIGHTS_FILE
+        if cached.is_file():
+            return cached
+        raise ValueError(f"inception_weights: no weights file given and {cached} not found; pass the path of "
+                         f"{FID_WEIGHTS_FILE} or put it in $TORCH_HOME/hub/checkpoints (it is never downloaded)")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / FID_WEIGHTS_FILE
     if not path.is_file():
-        raise ValueError(f"inception_weights: no such file {path}; supply the FID Inception weights "
-                         "(pt_inception-2015-12-05-6726825d.pth from pytorch-fid's releases)")
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        raise ValueError(f"inception_weights: {path} not found; {where}")
+    return path
+
+
+def check_inception(path=None) -> Path:
+    """Fail early, in one line, where ``load_inception(path)`` would: the optional extra ``gens[fid]`` is not
+    installed, or the weights file is not there (see ``inception_weights_path``); returns the file."""
+    _pytorch_fid()
+    return inception_weights_path(path)
+
+
+def _read_state_dict(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as err:
+        # not a torch file, truncated, or a pickle that weights-only loading refuses
+        raise ValueError(f"inception_weights: {path} is not a PyTorch weights file ({_one_line(err)})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"inception_weights: {path} does not hold a state_dict")
-    model = InceptionV3FID()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ValueError(f"inception_weights: {path} does not match the FID Inception-v3 layout "
-                         f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
-    return model.eval()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"inception_weights: {path} does not hold a state_dict of tensors")
+    return state
+
+
+def _refuse_download(*args, **kwargs):
+    raise RuntimeError("gens never downloads the FID Inception weights")
+
+
+def load_inception(path=None, device=None):
+    """pytorch-fid's FID Inception-v3 (``pytorch_fid.inception.InceptionV3``, 2048-d pool3 features) with
+    the weights in ``path`` (see ``inception_weights_path``; ``None``: the torch hub cache), in eval mode.
+
+    The network is pytorch-fid's own (optional extra ``gens[fid]``); the file is read here with
+    ``torch.load(weights_only=True)`` and handed to it, so no download is ever attempted. The file must
+    match the layout of ``pt_inception-2015-12-05-6726825d.pth`` exactly (strict keys and shapes; only
+    BatchNorm's ``num_batches_tracked`` counters may be missing).
+    """
+    path = check_inception(path)
+    inception = _pytorch_fid()
+    state = _read_state_dict(path)
+    used = []
+
+    def from_file(url, *args, **kwargs):  # what pytorch-fid's fid_inception_v3() calls for its weights
+        used.append(url)
+        return state
+
+    # pytorch-fid builds the network and then asks load_state_dict_from_url for FID_WEIGHTS_URL: it gets
+    # the file read above instead; torch.hub's own download functions are blocked meanwhile, in case a
+    # version of pytorch-fid fetches its weights another way.
+    with _LOAD_LOCK, _patched(inception, "load_state_dict_from_url", from_file), \
+            _patched(torch.hub, "load_state_dict_from_url", _refuse_download), \
+            _patched(torch.hub, "download_url_to_file", _refuse_download):
+        try:
+            model = inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]],
+                                          resize_input=True, normalize_input=True)
+        except RuntimeError as err:
+            if not used:
+                raise ValueError(f"inception_weights: this pytorch-fid does not take a weights file "
+                                 f"({_one_line(err)}); use pytorch-fid 0.3") from None
+            raise ValueError(f"inception_weights: {path} does not match the FID Inception-v3 layout of "
+                             f"pytorch-fid ({_one_line(err)})") from None
+    if not used:
+        raise ValueError("inception_weights: this pytorch-fid did not load the given file; use pytorch-fid 0.3")
+    model = model.eval()
+    return model.to(device) if device is not None else model
+
+
+class _patched:
+    """Context manager: ``setattr(obj, name, value)``, restored on exit."""
+
+    def __init__(self, obj, name: str, value):
+        self.obj, self.name, self.value = obj, name, value
+
+    def __enter__(self):
+        self.old = getattr(self.obj, self.name)
+        setattr(self.obj, self.name, self.value)
+
+    def __exit__(self, *exc):
+        setattr(self.obj, self.name, self.old)
 
 
 def _batched(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -273,9 +222,27 @@ def _batched(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         return torch.cat([model(c.to(device)).double().cpu() for c in torch.as_tensor(x).split(batch_size)])
 
 
-def inception_features(x, model: InceptionV3FID, batch_size: int = 50) -> torch.Tensor:
-    """Pool3 features (n, 2048) of images x: (n, C, H, W) in [0, 1]."""
-    return _batched(model.eval(), torch.as_tensor(x), check_int("batch_size", batch_size, minimum=1))
+class _Pool3(nn.Module):
+    """(n, 1 or 3, H, W) in [0, 1] -> (n, 2048): grey repeated to RGB, pytorch-fid's resize and scaling."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        x = x.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.model(x)[-1].flatten(1)
+
+
+def inception_features(x, model, batch_size: int = 50) -> torch.Tensor:
+    """Pool3 features (n, 2048), float64, of images x: (n, 1 or 3, H, W) in [0, 1] (resized to 299x299)
+    under ``model`` from ``load_inception``."""
+    x = torch.as_tensor(np.asarray(x.detach().cpu()) if hasattr(x, "detach") else np.asarray(x))
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) == 0:
+        raise ValueError(f"x: must be images of shape (n, 1 or 3, H, W) with n >= 1, got {tuple(x.shape)}")
+    return _batched(_Pool3(model.eval()), x, check_int("batch_size", batch_size, minimum=1))
 
 
 # ---------------------------------------------------------------------------- in-domain classifier
@@ -305,7 +272,7 @@ def _cache_dir(cache_dir) -> Path:
 
 def _as_images(x: np.ndarray, name: str) -> np.ndarray:
     if x.ndim == 2:  # flat data: square grey images only
-        s = int(round(math.sqrt(x.shape[1])))
+        s = round(math.sqrt(x.shape[1]))
         if s * s != x.shape[1]:
             raise ValueError(f"{name}: flat data of {x.shape[1]} values are not square images")
         x = x.reshape(len(x), 1, s, s)
@@ -354,7 +321,7 @@ def domain_classifier(source, cache_dir=None, epochs: int | None = None, seed: i
         info["test_accuracy"] = _accuracy(model, _as_images(xt, "source"), yt)
     except ValueError:  # no test split
         info["test_accuracy"] = None
-    info.update({"source": str(source), "data_shape": list(x.shape[1:]), "n_train": int(len(x))})
+    info.update({"source": str(source), "data_shape": list(x.shape[1:]), "n_train": len(x)})
     atomic_save({"state_dict": model.state_dict(), "info": info}, path)
     return model, {**info, "cache": str(path), "cached": False}
 

@@ -104,8 +104,10 @@ def _validate(what: str, opts: Options) -> tuple[str, ...]:
             raise ValueError("seeds: give at least one seed")
     if opts.ns is not None:
         opts.ns = sorted({check_int("ns", n, minimum=10) for n in opts.ns})
-    if opts.inception_weights is not None and not Path(opts.inception_weights).is_file():
-        raise ValueError(f"inception_weights: no such file {opts.inception_weights}")
+    if opts.inception_weights is not None:  # the extra gens[fid] and the file, before anything trains
+        from gens.evaluation.fid import check_inception
+
+        check_inception(opts.inception_weights)
     for name in ("svhn", "celeba"):
         path = getattr(opts, name)
         if path is not None and not Path(path).exists():
