@@ -8,8 +8,15 @@ A run folder (``gens train`` writes it; ``gens sample|reconstruct|interpolate RU
     RUN/metrics.csv            Lightning CSVLogger (train/* per step, val/* per epoch)
     RUN/tensorboard/           TensorBoard events
     RUN/metrics.json           summary: test reconstruction MSE, bandwidth, latent statistics, time
-    RUN/reconstructions.png  RUN/samples.png  RUN/latents.png  RUN/losses.png
+    RUN/reconstructions.png  RUN/latents.png  RUN/losses.png
+    RUN/samples.png            64 draws from the analytic latent distribution (GEN: the shrunk target, Sec. 4)
+    RUN/samples-gaussian.png  RUN/samples-gmm.png   64 draws from the ex-post samplers (gens.samplers)
     RUN/fidelity.png           validation latents against the predicted distribution, per epoch (gens.fidelity)
+
+At the end of training the ex-post samplers ("gaussian", "gmm"; ``gens.samplers``) are fitted to the training
+split's latents of each checkpoint's weights and stored in last.ckpt and best.ckpt under "samplers" (tensors
+only, as the estimators save them; :func:`store_samplers`); ``gens sample RUN --sampler gmm`` reads them. A
+run trained before this (or killed before its end) has none there: only "analytic" works for it.
 
 Checkpoints are written atomically and read weights-only (``gens.checkpoint``); a run killed at any
 point and resumed with ``train_run(config, RUN, resume=True)`` ends with the same weights and the same
@@ -178,7 +185,8 @@ def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks
     h = getattr(module, "bandwidth_h", None)
     cfg["bandwidth_h"] = None if h is None or not math.isfinite(float(h)) else float(h)
     write_json(out / "config.json", cfg)
-    summary = write_figures(module, dm, out, cfg, trainer=trainer, figures=figures)
+    samplers = store_samplers(module, dm, ckpt_dir, cfg["seed"])  # ex-post samplers, into the checkpoints
+    summary = write_figures(module, dm, out, cfg, trainer=trainer, figures=figures, samplers=samplers)
     monitor = fidelity_monitor(trainer)
     if monitor is not None and monitor.history:  # validation-latent fidelity at the end (gens.fidelity)
         summary["fidelity"] = monitor.history[-1]
@@ -246,6 +254,57 @@ def _fit(trainer, module, dm, ckpt_path, resume_hint: str) -> None:
                 signal.signal(signal.SIGINT, handler)
             except ValueError:  # not the main thread
                 pass
+
+
+def store_samplers(module, dm, ckpt_dir, seed: int) -> dict:
+    """Fit the ex-post samplers (``gens.samplers.fit_samplers``) on the latents of the training split and
+    store ``samplers_state`` in ``ckpt_dir``/last.ckpt and best.ckpt under "samplers" (rewritten atomically,
+    still weights-only). Each checkpoint gets samplers fitted with its own weights: ``module``'s latents when
+    its weights are the checkpoint's, else those of the checkpoint's network. Non-finite latents: a warning
+    and "analytic" only. Returns ``module``'s fitted samplers. Training state in the files is untouched, so a
+    later ``--resume`` continues exactly as before (Lightning ignores the extra key)."""
+    from gens.checkpoint import (
+        atomic_save,
+        load_checkpoint,
+        method_name,
+        module_from_checkpoint,
+    )
+    from gens.samplers import samplers_state
+
+    x, _ = dm.split_tensors("train")
+    own = module.state_dict()
+    fitted = _fit_run_samplers(module, x, seed)
+    for name in ("last", "best"):
+        path = Path(ckpt_dir) / f"{name}.ckpt"
+        if not path.is_file():
+            continue
+        ckpt = load_checkpoint(path)
+        if _same_weights(own, ckpt.get("state_dict") or {}):
+            samplers = fitted
+        else:
+            samplers = _fit_run_samplers(module_from_checkpoint(ckpt, method=method_name(module)), x, seed)
+        atomic_save({**ckpt, "samplers": samplers_state(samplers)}, path)
+    return fitted
+
+
+def _fit_run_samplers(module, x, seed: int) -> dict:
+    import numpy as np
+
+    from gens.samplers import fit_samplers
+    from gens.training import encode_all
+
+    Z = encode_all(module.cpu().eval(), x).double().numpy()
+    if not np.isfinite(Z).all():
+        warnings.warn("train: the trained model's training latents are not finite; only the 'analytic' sampler "
+                      "is stored", RuntimeWarning, stacklevel=3)
+        return fit_samplers(Z, names=("analytic",))
+    return fit_samplers(Z, random_state=int(seed) % 2**32)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 # ------------------------------------------------------------------------------------- loading runs
@@ -316,13 +375,16 @@ def image_scale(data_shape) -> int:
     return int(min(4, max(1, 64 // max(1, side))))
 
 
-def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True) -> dict:
+def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True, samplers=None) -> dict:
     """Write reconstructions / samples / latents / losses PNGs into ``out``; return summary metrics
-    (test reconstruction MSE, latent statistics; with ``figures=False`` only these)."""
+    (test reconstruction MSE, latent statistics; with ``figures=False`` only these). ``samplers``: fitted
+    ex-post samplers ({name: ``gens.samplers`` sampler}); each one but "analytic" gets samples-NAME.png
+    (64 draws, the run's seed), beside samples.png (the analytic distribution)."""
     import numpy as np
     import torch
 
     from gens import plots
+    from gens.samplers import decode_draws
     from gens.training import encode_all
 
     out = Path(out)
@@ -340,6 +402,8 @@ def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True
     summary = {"method": cfg["method"], "data": cfg["data"], "eval_split": split, "n_eval": len(x),
                "recon_mse": mse, "bandwidth": cfg.get("bandwidth_h"), "latent_mean_abs": float(z.abs().mean()),
                "latent_std": [float(s) for s in z.std(0)], "latent_mean": [float(m) for m in z.mean(0)]}
+    if samplers is not None:
+        summary["samplers"] = sorted(samplers)
     if y is not None and hasattr(module, "predict"):  # semisupervised: most probable component vs label
         summary["accuracy"] = float((module.predict(x) == y).double().mean())
     if trainer is not None:
@@ -355,6 +419,10 @@ def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True
         rows = [np.concatenate([ximg[i : i + 8], rimg[i : i + 8]]) for i in range(0, n, 8)]
         plots.image_grid(np.concatenate(rows), out / "reconstructions.png", nrow=min(8, n), scale=scale)
         plots.image_grid(as_images(samples, shape), out / "samples.png", nrow=8, scale=scale)
+        for name in sorted(set(samplers or ()) - {"analytic"}):
+            with torch.no_grad():
+                drawn = decode_draws(module, samplers, name, 64, generator=torch.Generator().manual_seed(cfg["seed"]))
+            plots.image_grid(as_images(drawn.float(), shape), out / f"samples-{name}.png", nrow=8, scale=scale)
     try:  # where the latents should lie: for a GEN p_t shrunk by the kernel (Sec. 4), else the target
         target, name = module.latent_distribution(), "q"
     except ValueError:  # e.g. h >= 1: no shrunk target

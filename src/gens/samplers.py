@@ -18,8 +18,11 @@ object with ``sample(n, generator=None, dtype=...)`` -> (n, l) and ``log_prob(z)
 sampler without refitting. A new sampler is one subclass of ``LatentSampler`` added to ``SAMPLERS``.
 
 Module-level helpers, for estimators and the CLI alike: ``fit_samplers(Z, names, random_state)``,
-``samplers_state(samplers)`` / ``samplers_from_state(state)`` (a checkpoint's "samplers" entry), and
-``latent_distribution(module, samplers, name)``.
+``samplers_state(samplers)`` / ``samplers_from_state(state)`` (a checkpoint's "samplers" entry),
+``latent_distribution(module, samplers, name)`` and ``decode_draws(module, samplers, name, n, generator)``
+(draws decoded; "analytic" is exactly ``module.sample``). ``gens train`` stores the fitted samplers in the run's
+checkpoints under "samplers" (``gens.runs.store_samplers``); ``gens sample RUN --sampler NAME`` reads them.
+Importing this module imports neither torch nor scikit-learn (the CLI's ``--sampler`` choices are ``SAMPLERS``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import torch
 
 from gens._validation import check_choice, check_float, check_int, check_matrix
 
@@ -38,6 +40,7 @@ __all__ = [
     "GMMSampler",
     "GaussianSampler",
     "LatentSampler",
+    "decode_draws",
     "fit_samplers",
     "latent_distribution",
     "make_sampler",
@@ -103,6 +106,8 @@ class _MixtureSampler(LatentSampler):
         return self.target_
 
     def _set(self, means, covs, weights) -> None:
+        import torch
+
         from gens.targets import GaussianMixture
 
         covs = torch.as_tensor(covs, dtype=torch.float64)
@@ -176,7 +181,7 @@ DEFAULT_SAMPLERS = tuple(SAMPLERS)  # fitted at the end of every estimator's fit
 
 
 def _check_latents(Z) -> np.ndarray:
-    Z = np.asarray(Z.detach().cpu() if isinstance(Z, torch.Tensor) else Z, dtype=np.float64)
+    Z = np.asarray(Z.detach().cpu() if hasattr(Z, "detach") else Z, dtype=np.float64)  # a torch tensor
     check_matrix("Z", Z, min_rows=1)
     return Z
 
@@ -217,3 +222,19 @@ def latent_distribution(module, samplers: dict[str, LatentSampler], name: str = 
         raise ValueError(f"sampler: {name!r} was not fitted for this model (fitted: {', '.join(sorted(samplers))}); "
                          f"a model saved before samplers existed has only 'analytic'")
     return samplers[name].distribution(module)
+
+
+def decode_draws(module, samplers: dict[str, LatentSampler], name: str, n: int, generator=None):
+    """n latents drawn from the density ``name`` (``latent_distribution``) and decoded without gradients:
+    (n, *data_shape) on the module's device and dtype. "analytic" is ``module.sample(n, generator)`` itself,
+    so its draws are those of ``gens sample`` before samplers existed."""
+    import torch
+
+    n = check_int("n", n, minimum=0)
+    if name == "analytic":
+        return module.sample(n, generator=generator)
+    dist = latent_distribution(module, samplers, name)
+    p = next(module.parameters())
+    with torch.no_grad():
+        z = dist.sample(n, generator=generator)
+        return module.decode(z.to(device=p.device, dtype=p.dtype))
