@@ -72,9 +72,9 @@ def run_samplers(run, which: str, name: str) -> dict:
     path = Path(run) / "checkpoints" / f"{which}.ckpt"
     state = load_checkpoint(path).get("samplers")
     if name not in (state or {}):
-        why = ("was trained before `gens train` stored ex-post samplers, or did not finish" if state is None
+        why = ("was trained before gens train stored ex-post samplers, or did not finish" if state is None
                else f"holds only {', '.join(sorted(state))}")
-        others = ", ".join(repr(s) for s in SAMPLERS if s != name and (s == "analytic" or s in (state or {})))
-        raise ValueError(f"sampler: {path} has no fitted {name!r} sampler (the run {why}); use --sampler {others} "
+        others = " or ".join(s for s in SAMPLERS if s != name and (s == "analytic" or s in (state or {})))
+        raise ValueError(f"sampler: {path} has no fitted {name!r} sampler (the run {why}); use --sampler {others}, "
                          f"or train the run again")
     return samplers_from_state(state)
