@@ -17,7 +17,9 @@ DESCRIPTION = (
     "`gens novelty --one-class --data mnist:DIR --digits 0-9 --epochs E` trains one model per digit on that "
     "digit's training images, scores the whole test split and prints the AUROC of the eq.-10 score, the "
     "reconstruction error, the latent density alone and the in-manifold density alone (log p(z') - 1/2 log "
-    "det J^T J) as a markdown table."
+    "det J^T J) as a markdown table. With --through-api it trains `gens.<METHOD>(...).fit(X[y == k])` instead "
+    "and ranks by `score_parts` (higher = more typical): the AUROC (inliers positive) of log p(x), of its "
+    "in-manifold part alone and of its reconstruction part alone, per class and their mean."
 )
 
 SCORES = ("eq10", "eq10_pixel", "recon", "latent", "manifold")  # columns of the one-class table
@@ -25,6 +27,8 @@ _PARTS = ("score", "log_px", "log_pz", "log_det", "log_noise", "recon_error")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gens.samplers import SAMPLERS  # torch-free
+
     a = p.add_argument
     a("run", nargs="?", metavar="RUN", help="run folder written by `gens train` (not with --one-class)")
     a("--data", default=None, help="data source to score (default: the run's); with --one-class: a labelled "
@@ -50,6 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bank-size", type=int, default=None, help="GEN: bank size m (default: the module's, capped "
                    "at the class's training images; one m for every class lets h_opt be computed once)")
     g.add_argument("--seed", type=int, default=0, help="training seed")
+    g.add_argument("--through-api", action="store_true", help="train each class's model with the scikit-learn "
+                   "estimator (gens.GEN, ...) and score with its score_parts: AUROC of log p(x), in-manifold "
+                   "and reconstruction parts (gens.evaluation.novelty.one_class_estimator)")
+    g.add_argument("--sampler", default=None, choices=list(SAMPLERS), help="with --through-api: the latent "
+                   "density p(z') of eq. 10 (default: analytic, the method's own; gaussian, gmm: ex-post fits)")
 
 
 def parse_classes(text: str) -> list[int]:
@@ -67,10 +76,14 @@ def parse_classes(text: str) -> list[int]:
 
 
 def run(args) -> int:
+    if getattr(args, "through_api", False) and not args.one_class:
+        raise ValueError("through_api: only with --one-class")
+    if getattr(args, "sampler", None) is not None and not getattr(args, "through_api", False):
+        raise ValueError("sampler: only with --one-class --through-api")
     if args.one_class:
         if args.run:
             raise ValueError("run: --one-class trains its own models; leave RUN out")
-        return _one_class(args)
+        return _one_class_api(args) if getattr(args, "through_api", False) else _one_class(args)
     if not args.run:
         raise ValueError("run: give a run folder (RUN), or --one-class --data SRC")
     return _score_run(args)
@@ -151,6 +164,63 @@ def _one_class(args) -> int:
     return 0
 
 
+API_SCORES = ("log_px", "in_manifold", "reconstruction")  # columns of the --through-api table
+
+
+def _one_class_api(args) -> int:
+    import numpy as np
+
+    from gens.evaluation.novelty import one_class_estimator
+
+    if not args.data:
+        raise ValueError("data: --one-class needs a labelled source, e.g. --data mnist:/path/to/mnist")
+    if args.per_pixel:
+        raise ValueError("per_pixel: not with --through-api (the estimators' eq. 10 uses sigma^2 I)")
+    digits = parse_classes(args.digits)
+    options = {"hidden": None if args.hidden is None else tuple(args.hidden), "lam": args.lam,
+               "bandwidth": args.bandwidth, "bank_size": args.bank_size}
+    kw = {k: v for k, v in options.items() if v is not None}
+    accelerator = {None: "auto", "cpu": "cpu", "cuda": "gpu"}.get(args.device, args.device)
+    sampler = args.sampler or "analytic"
+    out = Path(args.out) if args.out else None
+    rows = []
+    print(f"One-class novelty through the estimator API, {args.method.upper()}, l = {args.latent_dim}, "
+          f"{args.epochs} epochs, {args.data}, p(z') {sampler}; AUROC of score_parts (inliers = the class, "
+          "positive; higher = more typical)\n")
+    print("| class | train images | log p(x), eq. 10 | in-manifold only | reconstruction only | train s | score s |")
+    print("|---|---|---|---|---|---|---|")
+    for k in digits:
+        r = one_class_estimator(args.data, k, args.method, args.epochs, latent_dim=args.latent_dim,
+                                train_limit=args.limit, test_limit=args.limit, seed=args.seed, sampler=sampler,
+                                chunk_size=args.chunk_size, accelerator=accelerator, **kw)
+        a = r["auroc"]
+        rows.append({"digit": k, "n_train": r["n_train"], **a, "noise_variance": r["noise_variance"],
+                     "train_seconds": r["train_seconds"], "score_seconds": r["score_seconds"]})
+        cells = " | ".join(f"{a[s]:.4f}" for s in API_SCORES)
+        print(f"| {k} | {r['n_train']} | {cells} | {r['train_seconds']:.0f} | {r['score_seconds']:.1f} |", flush=True)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_api_scores(out / f"api_scores_{k}.csv", r["scores"], r["labels"])
+            x_test = _test_images(args.data, args.limit)
+            _write_figure(out / f"api_novelty_{k}.png", x_test, -r["scores"]["log_px"], x_test.shape[1:])
+    mean = {s: float(np.mean([row[s] for row in rows])) for s in API_SCORES}
+    print(f"| mean | | {' | '.join(f'{mean[s]:.4f}' for s in API_SCORES)} | | |")
+    if out is not None:
+        (out / "one_class_api.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
+                                                                     if not k.startswith("_")},
+                                                            "rows": rows, "mean": mean}, indent=2))
+        print(f"\nwrote {out}/one_class_api.json, api_scores_K.csv and api_novelty_K.png")
+    return 0
+
+
+def _write_api_scores(path: Path, scores: dict, labels) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "label", *API_SCORES])
+        for i in range(len(labels)):
+            w.writerow([i, int(labels[i]), *(repr(float(scores[k][i])) for k in API_SCORES)])
+
+
 def _test_images(source, limit):
     from gens.data import load_dataset
 
@@ -170,7 +240,7 @@ def _auroc_text(parts, labels, inlier: int) -> str:
     auc = {name: roc_auc_score(novel, s) for name, s in
            (("eq. 10", parts["score"]), ("reconstruction", parts["recon_error"]), ("latent only", -parts["log_pz"]),
             ("in-manifold only", parts["log_det"] - parts["log_pz"]))}
-    return "AUROC (inlier class %d): " % inlier + ", ".join(f"{k} {v:.4f}" for k, v in auc.items())
+    return f"AUROC (inlier class {inlier}): " + ", ".join(f"{k} {v:.4f}" for k, v in auc.items())
 
 
 def _write_scores(path: Path, parts: dict, labels) -> None:
