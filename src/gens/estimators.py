@@ -1,16 +1,20 @@
 """scikit-learn style estimators: ``GEN``, ``AE``, ``VAE``, ``AAE``, ``WAE``.
 
     >>> from gens import GEN
-    >>> gen = GEN(latent_dim=8, max_epochs=20, random_state=0).fit(X)   # X: (n, d) or (n, C, H, W)
+    >>> gen = GEN(latent_dim=8, max_steps=3000, random_state=0).fit(X)   # X: (n, d) or (n, C, H, W)
     >>> Z = gen.transform(X)                 # (n, 8) latents, float64
     >>> X_hat = gen.inverse_transform(Z)     # decoded, shaped like X
     >>> X_new = gen.sample(16, random_state=0)        # sampler="analytic" | "gaussian" | "gmm"
     >>> log_px = gen.score_samples(X)         # (n,) eq. 10 log p(x), higher = more typical
     >>> gen.save("gen.ckpt"); gen = GEN.load("gen.ckpt")   # weights-only, nothing in the file runs
 
-Each estimator trains the matching ``gens.methods`` LightningModule with a Lightning Trainer on the
-array (no validation split unless ``val_fraction > 0``). ``__init__`` only stores parameters; they are
-validated in ``fit`` (scikit-learn's rule).
+Each estimator trains the matching ``gens.methods`` LightningModule on the array through the one training
+path, ``gens.training.fit`` (as ``gens train`` and ``gens reproduce`` do: same seed, data and options, same
+weights), with no validation split unless ``val_fraction > 0`` (``gens train`` holds out 0.1; pass
+``val_fraction=0.1`` to train exactly its model). The budget: ``max_steps`` optimiser steps, ``max_epochs``
+epochs, whichever ends first when both are given; neither: ``gens.training.DEFAULT_STEPS`` steps. Every
+parameter's default is declared in ``gens.config`` (``tests/test_defaults.py``). ``__init__`` only stores
+parameters; they are validated in ``fit`` (scikit-learn's rule).
 
 Data: images (n, C, H, W) or (n, H, W) or flat (n, d). The networks' decoders end in a sigmoid, so they
 model values in [0, 1]. ``scaling="auto"`` (default) leaves data already in [0, 1] untouched and maps
@@ -45,23 +49,23 @@ bit-for-bit determinism described above.
 
 from __future__ import annotations
 
-import logging
-import math
-import warnings
-from contextlib import contextmanager
-
 import numpy as np
-from lightning.pytorch import Callback
-from sklearn.base import BaseEstimator, ClassifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+)
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted
 
+from gens import config as C
 from gens._validation import check_choice, check_float, check_int
+from gens.estimator_data import DataMixin
+from gens.estimator_io import FORMAT, PersistenceMixin
 from gens.estimator_scoring import LatentModelMixin
 
-__all__ = ["GEN", "AE", "VAE", "AAE", "WAE", "SemiSupervisedGEN", "EXPECTED_FAILED_CHECKS", "load"]
-
-FORMAT = "gens-estimator/1"
+__all__ = ["AAE", "AE", "EXPECTED_FAILED_CHECKS", "FORMAT", "GEN", "VAE", "WAE", "SemiSupervisedGEN", "load"]
 
 # sklearn check name -> why it does not apply; empty: every check passes (see the module docstring)
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
@@ -75,23 +79,24 @@ def _set_params(estimator, params: dict) -> None:
             setattr(estimator, name, value)
 
 
-class _GensEstimator(LatentModelMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Shared fit / transform / inverse_transform / save / load (sample, score_samples: LatentModelMixin).
-    Subclasses set ``_method`` and list their parameters in ``__init__`` (scikit-learn needs explicit signatures)."""
+class _GensEstimator(PersistenceMixin, DataMixin, LatentModelMixin, ClassNamePrefixFeaturesOutMixin,
+                     TransformerMixin, BaseEstimator):
+    """Shared fit / transform / inverse_transform (sample, score_samples: LatentModelMixin; save, load:
+    ``gens.estimator_io``). Subclasses set ``_method`` and list their parameters in ``__init__`` (scikit-learn
+    needs explicit signatures), every default read from ``gens.config`` (``C.estimator_options(_method)``)."""
 
     _method = ""
-    _module_params: tuple[str, ...] = ()  # estimator parameters passed to the module under the same name
+
+    @classmethod
+    def _module_params(cls) -> tuple[str, ...]:
+        """The estimator parameters passed to the module under the same name (``gens.config``)."""
+        return tuple(k for k, m in C.estimator_options(cls._method).items() if m["module"])
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, X, y=None):
         """Train on X: (n, d), (n, H, W) or (n, C, H, W). ``y`` is ignored (``SemiSupervisedGEN``: labels,
         -1 = unlabelled). Returns self."""
-        import lightning as L
-
-        from gens.checkpoint import ResumeCallback
-        from gens.data import GensDataModule
-        from gens.methods import build_module
-        from gens.training import fidelity_monitor, standard_callbacks
+        from gens import training
 
         params = self._checked_params()
         X = self._validate(X, reset=True)
@@ -104,24 +109,19 @@ class _GensEstimator(LatentModelMixin, ClassNamePrefixFeaturesOutMixin, Transfor
             if not isinstance(self.random_state, (int, np.integer)) else int(self.random_state)
         labels = self._fit_labels(y, n)
         Xs = self._scale(X, fit=True)
-        kwargs = self._module_kwargs(params, n)
-        L.seed_everything(self.seed_, workers=True, verbose=False)
-        dm = GensDataModule(Xs.reshape(n, *self.input_shape_), batch_size=min(params["batch_size"], n),
-                            val_fraction=params["val_fraction"], seed=self.seed_, y=labels)
-        module = build_module(self._method, list(self.input_shape_), self.latent_dim, **kwargs)
-        history = _History()
-        with _quiet(not self.verbose):
-            trainer = L.Trainer(
-                max_epochs=params["max_epochs"], accelerator=self.accelerator, devices=1, logger=False,
-                enable_checkpointing=False, enable_progress_bar=bool(self.verbose),
-                enable_model_summary=bool(self.verbose), num_sanity_val_steps=0,
-                callbacks=[ResumeCallback(self.seed_), *standard_callbacks(), history],
-            )
-            trainer.fit(module, datamodule=dm)
+        dm = training.make_datamodule(Xs.reshape(n, *self.input_shape_), batch_size=min(params["batch_size"], n),
+                                      val_fraction=params["val_fraction"], seed=self.seed_, y=labels)
+        kwargs = self._module_kwargs(params, dm.n_train)
+        module = training.build(self._method, dm, self.latent_dim, seed=self.seed_, **kwargs)
+        history = training.EpochHistory()
+        trainer = training.fit(module, dm, seed=self.seed_, max_epochs=self.max_epochs, max_steps=self.max_steps,
+                               callbacks=[history], accelerator=self.accelerator, devices=1,
+                               quiet_logs=not self.verbose, enable_progress_bar=bool(self.verbose),
+                               enable_model_summary=bool(self.verbose))
         module._trainer = None  # the fitted estimator keeps weights, not the training machinery
         self.module_ = module.cpu().eval()
         self.history_ = history.rows
-        self.fidelity_ = fidelity_monitor(trainer).history
+        self.fidelity_ = training.fidelity_monitor(trainer).history
         self._fit_latent_models(Xs)
         h = getattr(module, "bandwidth_h", None)
         if h is not None:
@@ -131,87 +131,31 @@ class _GensEstimator(LatentModelMixin, ClassNamePrefixFeaturesOutMixin, Transfor
 
     def _fit_labels(self, y, n: int):
         """Labels passed to the training data: None (``y`` is ignored) except in ``SemiSupervisedGEN``."""
-        return None
 
     def _checked_params(self) -> dict:
         check_int("latent_dim", self.latent_dim, minimum=1)
         check_choice("scaling", self.scaling, ("auto", "minmax", "none"))
         check_choice("accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
+        from gens.training import budget
+
+        budget(self.max_epochs, self.max_steps)  # max_epochs / max_steps: ints >= 1 or None
         return {
-            "max_epochs": check_int("max_epochs", self.max_epochs, minimum=1),
             "batch_size": check_int("batch_size", self.batch_size, minimum=1),
             "val_fraction": check_float("val_fraction", self.val_fraction, 0.0, 1.0, max_inclusive=False),
             "lr": check_float("lr", self.lr, minimum=0.0, min_inclusive=False),
         }
 
-    def _module_kwargs(self, params: dict, n: int) -> dict:
-        kw = {"lr": params["lr"], "hidden": [int(h) for h in np.atleast_1d(self.hidden)], "arch": self.arch}
-        for name in self._module_params:
-            value = getattr(self, name)
-            if value is not None:
-                kw[name] = [int(h) for h in np.atleast_1d(value)] if name == "disc_hidden" else value
+    def _module_kwargs(self, params: dict, n_train: int) -> dict:
+        kw = {}
+        for name in self._module_params():
+            value = params["lr"] if name == "lr" else getattr(self, name)
+            if value is not None:  # None: the module's default (as older estimators passed lam=None)
+                kw[name] = [int(h) for h in np.atleast_1d(value)] if name in ("hidden", "disc_hidden") else value
         if getattr(self, "target", None) is not None:
             kw["target_spec"] = _target_spec(self.target, self.latent_dim)
         if "bank_size" in kw:  # m is capped at the training samples (h_opt is computed for that m)
-            n_train = n - int(round(params["val_fraction"] * n))
             kw["bank_size"] = max(2, min(check_int("bank_size", kw["bank_size"], minimum=2), n_train))
         return kw
-
-    # ---------------------------------------------------------------------------- data handling
-    def _validate(self, X, reset: bool) -> np.ndarray:
-        """Check X and return it as float64 (n, n_features_in_); records the sample shape on reset.
-        Every error is a ValueError whose message starts with "X"."""
-        try:
-            arr = check_array(X, allow_nd=True, dtype=[np.float64, np.float32],
-                              ensure_min_samples=2 if reset else 1, input_name="X")
-        except ValueError as err:
-            if str(err).startswith("X"):
-                raise
-            raise ValueError(f"X: {err}") from None
-        if arr.ndim > 4:
-            raise ValueError(f"X: must have shape (n, d), (n, H, W) or (n, C, H, W), got {arr.shape}")
-        shape = arr.shape[1:]
-        if not reset and arr.ndim > 2 and tuple(shape) != tuple(self.input_shape_):
-            raise ValueError(f"X: samples of shape {tuple(shape)} do not match the fitted {tuple(self.input_shape_)}")
-        # 2-D input goes to validate_data as given, so DataFrame column names are recorded and checked
-        source = X if arr.ndim == 2 else arr.reshape(arr.shape[0], -1)
-        flat = validate_data(self, source, reset=reset, dtype=[np.float64, np.float32])
-        if reset:
-            self.input_shape_ = tuple(int(s) for s in shape)
-        return np.asarray(flat, dtype=np.float64)
-
-    def _scale(self, X: np.ndarray, fit: bool = False) -> np.ndarray:
-        """(n, d) float64 -> float32 in the model's [0, 1] space."""
-        if fit:
-            lo, hi = X.min(axis=0), X.max(axis=0)
-            scale = self.scaling == "minmax" or (self.scaling == "auto" and (lo.min() < 0 or hi.max() > 1))
-            if scale:
-                rng = hi - lo
-                self.data_min_, self.data_range_ = lo, np.where(rng > 0, rng, 1.0)
-            else:
-                self.data_min_ = self.data_range_ = None
-        if self.data_min_ is not None:
-            X = (X - self.data_min_) / self.data_range_
-        return X.astype(np.float32)
-
-    def _unscale(self, X: np.ndarray) -> np.ndarray:
-        X = X.astype(np.float64)
-        if self.data_min_ is not None:
-            X = X * self.data_range_ + self.data_min_
-        return X
-
-    def _as_tensor(self, X):
-        """Validated, scaled X as a float32 tensor (n, *input_shape_) for the module."""
-        import torch
-
-        check_is_fitted(self)
-        X = self._scale(self._validate(X, reset=False))
-        return torch.from_numpy(np.ascontiguousarray(X.reshape(X.shape[0], *self.input_shape_)))
-
-    def _output(self, x) -> np.ndarray:
-        """Decoder output tensor (n, *input_shape_) -> numpy float64 in the data's units and shape."""
-        x = x.detach().cpu().double().numpy().reshape(x.shape[0], -1)
-        return self._unscale(x).reshape(x.shape[0], *self.input_shape_)
 
     # ------------------------------------------------------------------------------- transforms
     def transform(self, X) -> np.ndarray:
@@ -237,72 +181,6 @@ class _GensEstimator(LatentModelMixin, ClassNamePrefixFeaturesOutMixin, Transfor
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "module_")
 
-    # ----------------------------------------------------------------------------- persistence
-    def save(self, path) -> None:
-        """Write the fitted estimator to ``path`` atomically (tensors and plain types only)."""
-        from gens.checkpoint import atomic_save
-        from gens.samplers import samplers_state
-
-        check_is_fitted(self)
-        attrs = {k: getattr(self, k) for k in ("n_features_in_", "input_shape_", "seed_", "bandwidth_", "history_", "fidelity_",
-                                                "_n_features_out", "noise_variance_") if hasattr(self, k)}
-        for k in ("data_min_", "data_range_"):
-            v = getattr(self, k)
-            attrs[k] = None if v is None else v.tolist()
-        if hasattr(self, "feature_names_in_"):
-            attrs["feature_names_in_"] = [str(s) for s in self.feature_names_in_]
-        atomic_save({
-            "format": FORMAT, "estimator": type(self).__name__,
-            "params": _plain(self.get_params(deep=False)), "attributes": _plain(attrs),
-            "gens": {"method": self._method}, "hyper_parameters": dict(self.module_.hparams),
-            "state_dict": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
-            "samplers": samplers_state(self._samplers()),
-        }, path)
-
-    @classmethod
-    def load(cls, path):
-        """Read an estimator written by ``save`` (``torch.load(weights_only=True)``: no code from the file runs)."""
-        from gens.checkpoint import load_checkpoint, module_from_checkpoint
-        from gens.samplers import samplers_from_state
-
-        ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError(f"path: {path} was not written by a gens estimator's save()")
-        name = ckpt["estimator"]
-        target_cls = _ESTIMATORS.get(name)
-        if target_cls is None or (cls is not _GensEstimator and cls is not target_cls):
-            raise ValueError(f"path: {path} holds a {name}, not a {cls.__name__}; use gens.{name}.load")
-        est = target_cls(**ckpt["params"])
-        for k, v in ckpt["attributes"].items():
-            setattr(est, k, v)
-        est.input_shape_ = tuple(est.input_shape_)
-        for k in ("data_min_", "data_range_"):
-            v = ckpt["attributes"].get(k)
-            setattr(est, k, None if v is None else np.asarray(v, dtype=np.float64))
-        if "feature_names_in_" in ckpt["attributes"]:
-            est.feature_names_in_ = np.asarray(ckpt["attributes"]["feature_names_in_"], dtype=object)
-        est.module_ = module_from_checkpoint(ckpt, method=ckpt["gens"]["method"])
-        est.samplers_ = samplers_from_state(ckpt.get("samplers"))  # files from before samplers: analytic only
-        return est
-
-    def __getstate__(self):
-        """Pickle the module as (hyperparameters, state dict): the live module holds the training data."""
-        state = self.__dict__.copy()
-        module = state.pop("module_", None)
-        if module is not None:
-            state["_module_state"] = (self._method, dict(module.hparams),
-                                      {k: v.detach().cpu() for k, v in module.state_dict().items()})
-        return state
-
-    def __setstate__(self, state):
-        packed = state.pop("_module_state", None)
-        self.__dict__.update(state)
-        if packed is not None:
-            from gens.checkpoint import module_from_checkpoint
-
-            method, hp, sd = packed
-            self.module_ = module_from_checkpoint({"hyper_parameters": hp, "state_dict": sd}, method=method)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
@@ -318,28 +196,35 @@ def load(path):
 # -------------------------------------------------------------------------------------- estimators
 
 
+# every default from gens.config (tests/test_defaults.py checks the signatures against it)
+_T, _E, _G, _S = C.TrainConfig, C.EstimatorConfig, C.GENConfig, C.SemiSupervisedConfig
+_AE, _VAE, _AAE, _WAE = C.AEConfig, C.VAEConfig, C.AAEConfig, C.WAEConfig
+
+
 class GEN(_GensEstimator):
     """Generative Encoding Network (Algorithm 1): autoencoder + lam * the eq. 3 KDE-JSD term.
 
-    Parameters: ``latent_dim``; ``lam`` (None: the module's default), ``objective``
+    Parameters (defaults and help: ``gens.config.GENConfig``): ``latent_dim``; ``lam``, ``objective``
     ("nonsaturating" | "literal" | "kl" | a name given to ``gens.divergence.register_objective``), ``bank_mode``
     ("refresh" | "queue" | a name given to ``gens.bank.register_bank``), ``bank_size`` (m, capped
     at the training samples), ``refresh_every`` (kb), ``bandwidth`` (None: h_opt), ``bandwidth_correction``,
-    ``bandwidth_scale`` (factor on h_opt; None: the module's default), ``leave_one_out`` (refresh mode: leave
-    each minibatch's own samples out of the bank),
+    ``bandwidth_scale`` (factor on h_opt), ``leave_one_out`` (refresh mode: leave each minibatch's own samples
+    out of the bank), ``coverage`` (weight of the target-sample half of eq. 2),
     ``target`` (None or "normal": N(0, I); "mog:K[:SCALE]"; a spec dict; a ``gens.targets.Target``);
-    shared: ``max_epochs``, ``batch_size``, ``lr``, ``hidden``, ``arch``, ``scaling``, ``val_fraction``,
-    ``accelerator``, ``random_state``, ``verbose``. See the module docstring for the attributes.
+    shared: ``max_epochs``, ``max_steps``, ``batch_size``, ``lr``, ``hidden``, ``arch``, ``scaling``,
+    ``val_fraction``, ``accelerator``, ``random_state``, ``verbose``. None for a module option: the module's
+    default. See the module docstring for the attributes.
     """
 
     _method = "gen"
-    _module_params = ("lam", "objective", "bank_mode", "bank_size", "refresh_every", "bandwidth",
-                      "bandwidth_correction", "bandwidth_scale", "leave_one_out")
 
-    def __init__(self, latent_dim=8, *, lam=None, objective="nonsaturating", bank_mode="refresh", bank_size=10000,
-                 refresh_every=10, bandwidth=None, bandwidth_correction=False, bandwidth_scale=None,
-                 leave_one_out=True, target=None, max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto",
-                 val_fraction=0.0, accelerator="cpu", random_state=None, verbose=False):
+    def __init__(self, latent_dim=_T.latent_dim, *, lam=_G.lam, objective=_G.objective, bank_mode=_G.bank_mode,
+                 bank_size=_G.bank_size, refresh_every=_G.refresh_every, bandwidth=_G.bandwidth,
+                 bandwidth_correction=_G.bandwidth_correction, bandwidth_scale=_G.bandwidth_scale,
+                 leave_one_out=_G.leave_one_out, coverage=_G.coverage, target=_E.target, max_epochs=_T.max_epochs,
+                 max_steps=_T.max_steps, batch_size=_T.batch_size, lr=_G.lr, hidden=_G.hidden, arch=_G.arch,
+                 scaling=_E.scaling, val_fraction=_E.val_fraction, accelerator=_E.accelerator,
+                 random_state=_E.random_state, verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -349,8 +234,10 @@ class AE(_GensEstimator):
 
     _method = "ae"
 
-    def __init__(self, latent_dim=8, *, max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto",
-                 scaling="auto", val_fraction=0.0, accelerator="cpu", random_state=None, verbose=False):
+    def __init__(self, latent_dim=_T.latent_dim, *, max_epochs=_T.max_epochs, max_steps=_T.max_steps,
+                 batch_size=_T.batch_size, lr=_AE.lr, hidden=_AE.hidden, arch=_AE.arch, scaling=_E.scaling,
+                 val_fraction=_E.val_fraction, accelerator=_E.accelerator, random_state=_E.random_state,
+                 verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -359,10 +246,11 @@ class VAE(_GensEstimator):
     the posterior mean."""
 
     _method = "vae"
-    _module_params = ("lam",)
 
-    def __init__(self, latent_dim=8, *, lam=None, max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000),
-                 arch="auto", scaling="auto", val_fraction=0.0, accelerator="cpu", random_state=None, verbose=False):
+    def __init__(self, latent_dim=_T.latent_dim, *, lam=_VAE.lam, max_epochs=_T.max_epochs, max_steps=_T.max_steps,
+                 batch_size=_T.batch_size, lr=_VAE.lr, hidden=_VAE.hidden, arch=_VAE.arch, scaling=_E.scaling,
+                 val_fraction=_E.val_fraction, accelerator=_E.accelerator, random_state=_E.random_state,
+                 verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -371,11 +259,11 @@ class AAE(_GensEstimator):
     ``target``, weighted by ``lam``."""
 
     _method = "aae"
-    _module_params = ("lam", "disc_hidden")
 
-    def __init__(self, latent_dim=8, *, lam=None, target=None, disc_hidden=(1000, 1000), max_epochs=12,
-                 batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0,
-                 accelerator="cpu", random_state=None, verbose=False):
+    def __init__(self, latent_dim=_T.latent_dim, *, lam=_AAE.lam, target=_E.target, disc_hidden=_AAE.disc_hidden,
+                 max_epochs=_T.max_epochs, max_steps=_T.max_steps, batch_size=_T.batch_size, lr=_AAE.lr,
+                 hidden=_AAE.hidden, arch=_AAE.arch, scaling=_E.scaling, val_fraction=_E.val_fraction,
+                 accelerator=_E.accelerator, random_state=_E.random_state, verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -383,11 +271,11 @@ class WAE(_GensEstimator):
     """Wasserstein autoencoder with the MMD penalty (inverse multiquadric kernel) to ``target``, weight ``lam``."""
 
     _method = "wae"
-    _module_params = ("lam",)
 
-    def __init__(self, latent_dim=8, *, lam=None, target=None, max_epochs=12, batch_size=100, lr=2e-4,
-                 hidden=(1000, 1000), arch="auto", scaling="auto", val_fraction=0.0, accelerator="cpu",
-                 random_state=None, verbose=False):
+    def __init__(self, latent_dim=_T.latent_dim, *, lam=_WAE.lam, target=_E.target, max_epochs=_T.max_epochs,
+                 max_steps=_T.max_steps, batch_size=_T.batch_size, lr=_WAE.lr, hidden=_WAE.hidden, arch=_WAE.arch,
+                 scaling=_E.scaling, val_fraction=_E.val_fraction, accelerator=_E.accelerator,
+                 random_state=_E.random_state, verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -401,18 +289,19 @@ class SemiSupervisedGEN(ClassifierMixin, GEN):
     component argmax_k p(k | E(x)), ``predict_proba`` p(k | E(x)), ``score`` the accuracy. ``target``:
     None places ``n_modes`` (default 10) modes with ``mixture_on_simplex(n_modes, latent_dim, mode_scale)``;
     a given target ("mog:K", spec, Target) fixes the modes (``n_modes``, if given, must match). Other
-    parameters as ``GEN``'s.
+    parameters as ``GEN``'s (defaults: ``gens.config.SemiSupervisedConfig``).
     """
 
     _method = "semisupervised"
-    _module_params = GEN._module_params + ("n_modes", "mode_scale", "sup_weight", "supervision", "labelled_batch")
 
-    def __init__(self, latent_dim=8, *, n_modes=None, mode_scale=6.0, sup_weight=1.0, supervision="ce",
-                 labelled_batch=100, lam=None, objective="nonsaturating", bank_mode="refresh", bank_size=10000,
-                 refresh_every=10, bandwidth=None, bandwidth_correction=False, bandwidth_scale=None,
-                 leave_one_out=True, target=None,
-                 max_epochs=12, batch_size=100, lr=2e-4, hidden=(1000, 1000), arch="auto", scaling="auto",
-                 val_fraction=0.0, accelerator="cpu", random_state=None, verbose=False):
+    def __init__(self, latent_dim=_T.latent_dim, *, n_modes=_S.n_modes, mode_scale=_S.mode_scale,
+                 sup_weight=_S.sup_weight, supervision=_S.supervision, labelled_batch=_S.labelled_batch, lam=_S.lam,
+                 objective=_S.objective, bank_mode=_S.bank_mode, bank_size=_S.bank_size,
+                 refresh_every=_S.refresh_every, bandwidth=_S.bandwidth, bandwidth_correction=_S.bandwidth_correction,
+                 bandwidth_scale=_S.bandwidth_scale, leave_one_out=_S.leave_one_out, coverage=_S.coverage,
+                 target=_E.target, max_epochs=_T.max_epochs, max_steps=_T.max_steps, batch_size=_T.batch_size,
+                 lr=_S.lr, hidden=_S.hidden, arch=_S.arch, scaling=_E.scaling, val_fraction=_E.val_fraction,
+                 accelerator=_E.accelerator, random_state=_E.random_state, verbose=_E.verbose):
         _set_params(self, locals())
 
     def fit(self, X, y):
@@ -465,61 +354,3 @@ def _target_spec(target, latent_dim: int) -> dict:
     if hasattr(target, "spec"):
         return target.spec()
     raise ValueError(f"target: must be None, 'normal', 'mog:K', a spec dict or a gens.targets.Target; got {target!r}")
-
-
-def _plain(obj):
-    """Parameters / attributes as plain types for weights-only files (Targets become spec dicts)."""
-    if hasattr(obj, "spec") and callable(obj.spec):
-        return obj.spec()
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
-class _History(Callback):
-    """Collects per-epoch means of the train/* step metrics and the val/* metrics (``history_``)."""
-
-    def __init__(self):
-        self.rows, self._sums, self._count = [], {}, 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        for k, v in trainer.callback_metrics.items():
-            if k.startswith("train/"):
-                self._sums[k] = self._sums.get(k, 0.0) + float(v)
-        self._count += 1
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        row = {"epoch": int(trainer.current_epoch)}
-        row.update({k: s / max(1, self._count) for k, s in self._sums.items()})
-        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-        self.rows.append(row)
-        self._sums, self._count = {}, 0
-
-
-@contextmanager
-def _quiet(enabled: bool):
-    """Silence Lightning's info messages and the warnings that do not apply to in-memory arrays."""
-    if not enabled:
-        yield
-        return
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*log_every_n_steps.*")
-            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-            warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
-            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 import os
 
+from gens import config as C
 from gens._validation import check_choice, check_float, check_int
 
 __all__ = [
     "DEFAULTS",
-    "DEFAULT_EPOCHS",
+    "METHOD_DEFAULTS",
     "RESUME_OPTIONS",
+    "RUN_FIELDS",
     "RUN_OPTIONS",
     "module_kwargs",
     "resolve_config",
@@ -25,52 +27,45 @@ __all__ = [
     "too_wide",
 ]
 
-# Every option of a run, with its default (None: decided from the data or the method).
-DEFAULTS = {
-    "method": "gen",
-    "data": "digits",
-    "latent_dim": 8,
-    "epochs": None,  # DEFAULT_EPOCHS by data
-    "batch_size": 100,
-    "lr": 2e-4,
-    "seed": 0,
-    "lam": None,  # the method's own default
-    "objective": "nonsaturating",
-    "bank_mode": "refresh",
-    "bank_size": 10000,
-    "refresh_every": 10,
-    "bandwidth": None,
-    "bandwidth_correction": False,
-    "bandwidth_scale": None,  # GEN: the method's own default
-    "leave_one_out": True,  # GEN (refresh): leave the minibatch's own samples out of the bank
-    "coverage": None,  # GEN: weight of the target-sample half of eq. 2 (the method's own default)
-    "target": "normal",
-    "labels": None,  # semisupervised: training labels kept, balanced per class (None: all)
-    "hidden": [1000, 1000],
-    "arch": "auto",
-    "limit": None,
-    "val_fraction": 0.1,
-    "checkpoint_every": 100,
-    "accelerator": "auto",
-    "devices": "auto",
-    "num_nodes": 1,
-    "strategy": "auto",
-}
+
+def _run_fields() -> dict:
+    """run option -> ``gens.config`` metadata (+ ``methods``: method -> its default, for module options), in the
+    order of config.json: method, data, training options, module options (every method's), run options."""
+    run, train = C.options(C.RunConfig), C.options(C.TrainConfig)
+    fields = {"method": run["method"], "data": run["data"]}
+    fields.update({m["run_name"]: m for m in train.values()})
+    fields["seed"] = run["seed"]
+    for method, config in C.METHOD_CONFIGS.items():
+        for m in C.options(config).values():
+            if m["cli"]:
+                entry = fields.setdefault(m["run_name"], {**m, "methods": {}})
+                entry["methods"][method] = m["default"]
+    fields.update({m["run_name"]: m for k, m in run.items() if k not in fields})
+    return fields
+
+
+# Every option of a run (gens.config), with its default (None: decided by the method, or unset).
+RUN_FIELDS = _run_fields()
+# the module options' defaults per method (from gens.config; JSON types: tuples -> lists)
+METHOD_DEFAULTS = {opt: {meth: list(v) if isinstance(v, tuple) else v for meth, v in m["methods"].items()}
+                   for opt, m in RUN_FIELDS.items() if "methods" in m}
+
+
+def _default(opt: str):
+    """An option's default; a module option's when every method that takes it agrees, else None."""
+    if opt not in METHOD_DEFAULTS:
+        return RUN_FIELDS[opt]["default"]
+    values = list(METHOD_DEFAULTS[opt].values())
+    return values[0] if all(v == values[0] for v in values) else None
+
+
+DEFAULTS = {opt: _default(opt) for opt in RUN_FIELDS}
 # Options that may change when a run is resumed (the rest must match the saved config).
-RESUME_OPTIONS = ("epochs", "accelerator", "devices", "num_nodes", "strategy", "checkpoint_every")
+RESUME_OPTIONS = ("epochs", "steps", "accelerator", "devices", "num_nodes", "strategy", "checkpoint_every")
 RUN_OPTIONS = tuple(DEFAULTS)
 
-# Default epochs per data source: digits (1,293 training images of 8x8, 13 batches an epoch) gives
-# recognisable samples after about 40 (val recon 0.014); MNIST-sized data about a dozen (the training core).
-DEFAULT_EPOCHS = {"digits": 40, None: 12}
-
 # run option -> module keyword (for the methods whose constructor takes it)
-_MODULE_KEYS = {
-    "lr": "lr", "lam": "lam", "objective": "objective", "bank_mode": "bank_mode", "bank_size": "bank_size",
-    "refresh_every": "refresh_every", "bandwidth": "bandwidth", "bandwidth_correction": "bandwidth_correction",
-    "bandwidth_scale": "bandwidth_scale", "leave_one_out": "leave_one_out", "coverage": "coverage",
-    "hidden": "hidden", "arch": "arch", "labels": "n_labels",
-}
+_MODULE_KEYS = {opt: m["name"] for opt, m in RUN_FIELDS.items() if "methods" in m}
 
 
 def resolve_config(options: dict) -> dict:
@@ -89,9 +84,11 @@ def resolve_config(options: dict) -> dict:
     cfg["method"] = check_choice("method", cfg["method"], METHODS)
     cfg["data"] = absolute_source(cfg["data"])
     cfg["latent_dim"] = check_int("latent_dim", cfg["latent_dim"], minimum=1)
-    if cfg["epochs"] is None:
-        cfg["epochs"] = DEFAULT_EPOCHS.get(cfg["data"], DEFAULT_EPOCHS[None])
-    cfg["epochs"] = check_int("epochs", cfg["epochs"], minimum=1)
+    if cfg["epochs"] is None and cfg["steps"] is None:
+        cfg["steps"] = C.DEFAULT_STEPS  # the budget rule of gens.training.budget
+    for opt in ("epochs", "steps"):
+        if cfg[opt] is not None:
+            cfg[opt] = check_int(opt, cfg[opt], minimum=1)
     cfg["batch_size"] = check_int("batch_size", cfg["batch_size"], minimum=1)
     cfg["seed"] = check_int("seed", cfg["seed"], minimum=0, maximum=2**32 - 1)
     cfg["lr"] = check_float("lr", cfg["lr"], minimum=0.0, min_inclusive=False)
@@ -109,6 +106,8 @@ def resolve_config(options: dict) -> dict:
             if opt in given and given[opt] != DEFAULTS[opt]:
                 raise ValueError(f"{opt}: is not an option of method {cfg['method']!r}")
             cfg[opt] = None
+        elif cfg[opt] is None and not (opt == "bandwidth_scale" and cfg.get("bandwidth") is not None):
+            cfg[opt] = METHOD_DEFAULTS[opt].get(cfg["method"])  # the method's own default (gens.config)
     if "target_spec" not in accepted:
         if "target" in given and given["target"] != DEFAULTS["target"]:
             raise ValueError(f"target: method {cfg['method']!r} has no target (its prior is N(0, I))")

@@ -13,7 +13,7 @@
   rank in the environment) use the folder rank 0 claimed and neither lock nor write config.json.
 - **Resume** (``RunFolder.resume(path)`` + :meth:`RunFolder.check_resume`): config.json and
   checkpoints/last.ckpt must exist, and last.ckpt must load weights-only, be of the run's method, fit its
-  network, and have epochs left to train. All of this is checked before any file in the folder changes, so
+  network, and have epochs (or steps) left to train. All of this is checked before any file in the folder changes, so
   a failed resume leaves the folder exactly as it was.
 - **Log** (:meth:`RunFolder.csv_logger`): Lightning's CSVLogger, except that it never deletes metrics.csv
   (Lightning does when the folder is not empty) but appends to it, flushes after every step, and on a
@@ -240,10 +240,13 @@ class RunFolder:
         done = int(loop["epoch_progress"]["total"]["processed"])
         point = ResumePoint(last, int(ckpt.get("global_step", 0)), int(loop["epoch_loop.batch_progress"]["total"]
                                                                         ["ready"]), done)
-        if cfg["epochs"] < done or (cfg["epochs"] == done and (self.path / "metrics.json").is_file()):
-            raise ValueError(f"resume: {self.path} has already trained {done} epochs"
-                             + (" and is finished" if cfg["epochs"] == done else "")
-                             + f"; give --epochs N with N > {done} to train it further")
+        finished = (self.path / "metrics.json").is_file()
+        # the budget: epochs and/or steps (a config.json from before steps existed has epochs alone)
+        for opt, limit, have in (("epochs", cfg.get("epochs"), done), ("steps", cfg.get("steps"), point.global_step)):
+            if limit is not None and (limit < have or (limit == have and finished)):
+                raise ValueError(f"resume: {self.path} has already trained {have} {opt}"
+                                 + (" and is finished" if limit == have else "")
+                                 + f"; give --{opt} N with N > {have} to train it further")
         return point
 
     # ---- writing ---------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from pathlib import Path
 
 from gens._validation import check_choice
 from gens.runconfig import (
-    DEFAULT_EPOCHS,
     DEFAULTS,
     RESUME_OPTIONS,
     RUN_OPTIONS,
@@ -47,7 +46,6 @@ from gens.runfolder import RunFolder, default_out, read_json, write_json
 
 __all__ = [
     "DEFAULTS",
-    "DEFAULT_EPOCHS",
     "RESUME_OPTIONS",
     "RUN_OPTIONS",
     "as_images",
@@ -66,32 +64,11 @@ __all__ = [
 
 
 def _datamodule(cfg: dict):
-    """A ``GensDataModule`` whose single-process train loader is resumable (``gens.checkpoint.EpochSampler``)."""
-    from torch.utils.data import DataLoader, TensorDataset
+    """The run's data: ``gens.training.make_datamodule`` (a single-process train loader resumable to the batch)."""
+    from gens.training import make_datamodule
 
-    from gens.checkpoint import EpochSampler
-    from gens.data import GensDataModule
-
-    class ResumableDataModule(GensDataModule):
-        _sampler = None
-
-        @property
-        def train_sampler(self) -> EpochSampler:
-            if self._sampler is None:
-                self._sampler = EpochSampler(self.n_train, seed=self.seed)
-            return self._sampler
-
-        def train_dataloader(self):
-            trainer = getattr(self, "trainer", None)
-            if trainer is not None and trainer.world_size > 1:  # DDP: Lightning's distributed sampler
-                return super().train_dataloader()
-            x, y = self.split_tensors("train")
-            ds = TensorDataset(x) if y is None else TensorDataset(x, y)
-            return DataLoader(ds, batch_size=self.batch_size, sampler=self.train_sampler,
-                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    return ResumableDataModule(cfg["data"], batch_size=cfg["batch_size"], val_fraction=cfg["val_fraction"],
-                               seed=cfg["seed"], limit=cfg["limit"])
+    return make_datamodule(cfg["data"], batch_size=cfg["batch_size"], val_fraction=cfg["val_fraction"],
+                           seed=cfg["seed"], limit=cfg["limit"])
 
 
 def _last_checkpoint_callback(path: Path, every: int):
@@ -99,8 +76,8 @@ def _last_checkpoint_callback(path: Path, every: int):
 
     class LastCheckpoint(Checkpoint):
         """Save ``path`` after every ``every``-th training batch (counted over the whole run) and when the
-        last epoch ends; ``every = 0``: after every epoch. A ``Checkpoint`` subclass, so Lightning runs it
-        after the other callbacks' hooks (their state is up to date when it saves)."""
+        training ends (the last epoch, or max_steps reached); ``every = 0``: after every epoch. A ``Checkpoint``
+        subclass, so Lightning runs it after the other callbacks' hooks (their state is up to date when it saves)."""
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             done = trainer.fit_loop.epoch_loop.total_batch_idx + 1  # batches trained so far, restored on resume
@@ -108,7 +85,9 @@ def _last_checkpoint_callback(path: Path, every: int):
                 trainer.save_checkpoint(path, weights_only=False)
 
         def on_train_epoch_end(self, trainer, pl_module):
-            if not every or trainer.current_epoch + 1 >= trainer.max_epochs:
+            last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+            last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+            if not every or last_epoch or last_step:
                 trainer.save_checkpoint(path, weights_only=False)
 
     return LastCheckpoint()
@@ -143,19 +122,17 @@ def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks
     from lightning.pytorch.loggers import TensorBoardLogger
 
     import gens
-    from gens.checkpoint import AtomicCheckpointIO, ResumeCallback
-    from gens.methods import build_module
-    from gens.training import fidelity_monitor, standard_callbacks
+    from gens import training
+    from gens.checkpoint import AtomicCheckpointIO
 
     out = folder.path
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    L.seed_everything(cfg["seed"], workers=True, verbose=False)
     dm = _datamodule(cfg)
     if dm.n_train < 2:
         raise ValueError(f"data: {cfg['data']} leaves {dm.n_train} training sample(s) (limit {cfg['limit']}, "
                          f"val_fraction {cfg['val_fraction']}); training needs at least 2")
-    module = build_module(cfg["method"], list(dm.data_shape), cfg["latent_dim"], **module_kwargs(cfg))
+    module = training.build(cfg["method"], dm, cfg["latent_dim"], seed=cfg["seed"], **module_kwargs(cfg))
     _check_bandwidth(module, dm.n_train)
     point = folder.check_resume(cfg, module) if resume else None  # reads only
     info = {"gens_version": gens.__version__, "torch_version": torch.__version__,
@@ -165,20 +142,22 @@ def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks
 
     procs = max(1, cfg["devices"]) * cfg["num_nodes"] if isinstance(cfg["devices"], int) else 1
     batches = math.ceil(dm.n_train / (cfg["batch_size"] * procs))  # per process and epoch
-    cbs = [ResumeCallback(cfg["seed"], sampler=dm.train_sampler, batch_size=cfg["batch_size"]), *standard_callbacks(),
-           _last_checkpoint_callback(last, cfg["checkpoint_every"]), *callbacks]
+    cbs = [_last_checkpoint_callback(last, cfg["checkpoint_every"]), *callbacks]
     if dm.n_val > 0:
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                    auto_insert_metric_name=False, enable_version_counter=False,
                                    every_n_epochs=max(1, cfg["checkpoint_every"] // batches)))
     loggers = [folder.csv_logger(point), TensorBoardLogger(out, name="tensorboard", version="")]
-    trainer = _trainer(cfg, logger=loggers, callbacks=cbs, plugins=[AtomicCheckpointIO()],
-                       log_every_n_steps=max(1, min(50, batches)), enable_progress_bar=progress,
-                       enable_model_summary=progress, num_sanity_val_steps=0)
-    folder.write_config(cfg)  # the first write into the folder
-    t0 = time.perf_counter()
-    _fit(trainer, module, dm, last if resume else None, resume_hint=f"gens train --resume {out}")
-    seconds = time.perf_counter() - t0
+    hardware = {k: cfg[k] for k in ("accelerator", "devices", "num_nodes", "strategy")}
+    t0 = []
+    # the Trainer is built (hardware checked) before config.json, the first write into the folder
+    trainer = training.fit(module, dm, seed=cfg["seed"], max_epochs=cfg["epochs"], max_steps=cfg.get("steps"),
+                           callbacks=cbs, logger=loggers, ckpt_path=last if resume else None,
+                           resume_hint=f"gens train --resume {out}",
+                           before_fit=lambda _: (folder.write_config(cfg), t0.append(time.perf_counter())),
+                           plugins=[AtomicCheckpointIO()], log_every_n_steps=max(1, min(50, batches)),
+                           enable_progress_bar=progress, enable_model_summary=progress, **hardware)
+    seconds = time.perf_counter() - t0[0]
     if not trainer.is_global_zero:
         return {}
     module = module.cpu().eval()
@@ -187,7 +166,7 @@ def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks
     write_json(out / "config.json", cfg)
     samplers = store_samplers(module, dm, ckpt_dir, cfg["seed"])  # ex-post samplers, into the checkpoints
     summary = write_figures(module, dm, out, cfg, trainer=trainer, figures=figures, samplers=samplers)
-    monitor = fidelity_monitor(trainer)
+    monitor = training.fidelity_monitor(trainer)
     if monitor is not None and monitor.history:  # validation-latent fidelity at the end (gens.fidelity)
         summary["fidelity"] = monitor.history[-1]
     summary.update({"train_seconds_this_call": round(seconds, 2), "epochs_trained": int(trainer.current_epoch),
@@ -217,43 +196,6 @@ def _check_bandwidth(module, n_train: int) -> None:
     except ValueError:
         pass
     raise ValueError(too_wide(h, module.latent_dim, m))
-
-
-def _trainer(cfg: dict, **kwargs):
-    """``lightning.Trainer`` for the run's hardware options; what Lightning cannot set up is one ValueError."""
-    import lightning as L
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    hw = {k: cfg[k] for k in ("accelerator", "devices", "num_nodes", "strategy")}
-    try:
-        return L.Trainer(max_epochs=cfg["epochs"], **hw, **kwargs)
-    except (MisconfigurationException, ValueError, RuntimeError) as err:
-        text = " ".join(str(err).split())
-        raise ValueError(f"accelerator: cannot train with {', '.join(f'{k}={v!r}' for k, v in hw.items())} on this "
-                         f"machine: {text}") from None
-
-
-def _fit(trainer, module, dm, ckpt_path, resume_hint: str) -> None:
-    """``trainer.fit``; Ctrl-C raises KeyboardInterrupt (Lightning calls sys.exit(1) and ignores SIGINT after)."""
-    import signal
-
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
-            trainer.fit(module, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path),
-                        weights_only=True)
-    except SystemExit:
-        if not trainer.interrupted:
-            raise
-        raise KeyboardInterrupt(f"continue from the last checkpoint with `{resume_hint}`") from None
-    finally:
-        if handler is not None and signal.getsignal(signal.SIGINT) is not handler:
-            try:
-                signal.signal(signal.SIGINT, handler)
-            except ValueError:  # not the main thread
-                pass
 
 
 def store_samplers(module, dm, ckpt_dir, seed: int) -> dict:

@@ -11,67 +11,63 @@ DESCRIPTION = (
     "Train a method on a data source and write a run folder: config.json, checkpoints/last.ckpt (+ best.ckpt), "
     "metrics.csv, TensorBoard events, metrics.json and PNGs of reconstructions, samples, latents and losses. "
     "With no options it trains a GEN on scikit-learn's bundled 8x8 digits (nothing is downloaded). "
+    "The budget: --steps optimiser steps (default gens.training.DEFAULT_STEPS when --epochs is not given either), "
+    "--epochs alone: epochs only, both: whichever ends first. "
     "--resume RUN continues a run from RUN/checkpoints/last.ckpt with its saved configuration (only "
-    "--epochs, --checkpoint-every and the hardware options may change) and ends where an uninterrupted run "
-    "with the same seed would."
+    "--epochs, --steps, --checkpoint-every and the hardware options may change; --epochs or --steps given there "
+    "replace the saved budget) and ends where an uninterrupted run with the same seed would."
 )
 
 
-def _d(name):
-    from gens.runs import DEFAULTS
+def _shown(opt: str, m: dict) -> str:
+    """The default of run option ``opt`` as --help shows it (per method where the methods differ)."""
+    from gens.runconfig import DEFAULTS, METHOD_DEFAULTS
 
-    v = DEFAULTS[name]
-    return "auto" if v is None else (" ".join(map(str, v)) if isinstance(v, list) else v)
+    def text(v):
+        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    if DEFAULTS[opt] is None and opt in METHOD_DEFAULTS:
+        return ", ".join(f"{meth} {text(v)}" for meth, v in METHOD_DEFAULTS[opt].items())
+    return text(DEFAULTS[opt])
+
+
+def _flag(p: argparse.ArgumentParser, opt: str, m: dict) -> None:
+    """The flag of run option ``opt`` from its ``gens.config`` metadata."""
+    from gens.runconfig import DEFAULTS, METHOD_DEFAULTS
+
+    kw = {"default": argparse.SUPPRESS, "help": m["help"]}  # left out: the default (on --resume, the saved value)
+    given = DEFAULTS[opt] is not None or any(v is not None for v in METHOD_DEFAULTS.get(opt, {}).values())
+    if "default" not in m["help"] and given and not m["action"]:
+        kw["help"] += f" (default: {_shown(opt, m)})"
+    if m["action"]:
+        kw.update(action=m["action"], dest=opt)
+    else:
+        values = [m["default"], *m.get("methods", {}).values()]
+        example = next((v for v in values if v is not None), None)
+        typ = m["type"] or (type(example) if isinstance(example, (int, float)) else None)
+        if typ is not None:
+            kw["type"] = typ
+        if m["nargs"]:
+            kw["nargs"] = m["nargs"]
+        if m["choices"] is not None:
+            kw["choices"] = m["choices"]  # a tuple, or a registry (names registered later count too)
+    p.add_argument(m["flag"] or "--" + opt.replace("_", "-"), **kw)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    S = argparse.SUPPRESS  # options left out keep their default (and, on --resume, the saved value)
+    # torch-free: gens.config and the registries' names
+    from gens.runconfig import RUN_FIELDS
+
     a = p.add_argument
-    a("--method", default=S, choices=["gen", "ae", "vae", "aae", "wae", "semisupervised"],
-      help=f"method (default: {_d('method')}; --labels N: semisupervised)")
-    a("--data", default=S, help="digits | mnist:DIR | fashion-mnist:DIR | svhn:DIR | images:DIR | FILE.npy "
-      f"(default: {_d('data')})")
+    for opt in ("method", "data"):
+        _flag(p, opt, RUN_FIELDS[opt])
     a("--out", default=None, help="run folder (default: runs/<method>-<data>-<timestamp>)")
     a("--resume", metavar="RUN", default=None, help="continue the run in folder RUN from its last.ckpt")
-    a("--latent-dim", type=int, default=S, help=f"latent dimension l (default: {_d('latent_dim')})")
-    a("--epochs", type=int, default=S, help="epochs (default: 40 for digits, 12 otherwise)")
-    a("--batch-size", type=int, default=S, help=f"minibatch size (default: {_d('batch_size')})")
-    a("--lr", type=float, default=S, help=f"Adam learning rate (default: {_d('lr')})")
-    a("--seed", type=int, default=S, help=f"seed of everything random (default: {_d('seed')})")
-    a("--lam", type=float, default=S, help="regulariser weight lambda (default: the method's)")
-    # torch-free; the registries themselves, so names registered with register_objective / register_bank count
-    from gens.registry import BANKS, OBJECTIVES
-
-    a("--objective", default=S, choices=OBJECTIVES,
-      help=f"GEN: form of the eq. 3 JSD term (default: {_d('objective')})")
-    a("--bank-mode", default=S, choices=BANKS, help=f"GEN: latent bank (default: {_d('bank_mode')})")
-    a("--bank-size", type=int, default=S, help=f"GEN: bank size m, capped at the data (default: {_d('bank_size')})")
-    a("--refresh-every", type=int, default=S, help=f"GEN: re-encode the bank every kb batches (default: "
-      f"{_d('refresh_every')})")
-    a("--bandwidth", type=float, default=S, help="GEN: kernel bandwidth h (default: h_opt for the target and m)")
-    a("--bandwidth-correction", action="store_true", default=S, help="GEN: use h / sqrt(1 + h^2)")
-    a("--bandwidth-scale", type=float, default=S,
-      help="GEN: multiply h_opt by this factor in (0, 1] (default: the GEN's, see BENCHMARKS.md)")
-    a("--no-leave-one-out", dest="leave_one_out", action="store_false", default=S,
-      help="GEN: keep a minibatch's own samples in the bank when eq. 3 is evaluated (biased; default: left out)")
-    a("--coverage", type=float, default=S, help="GEN: weight of the target-sample half of eq. 2, which draws "
-      "latents into regions the target fills (0: eq. 3 alone, the paper; default: the GEN's)")
-    a("--target", default=S, help=f"GEN/AAE/WAE target: normal | mog:K | mog:K:SCALE | mog with --modes K "
-      f"(default: {_d('target')}; semisupervised: mog:10)")
-    a("--modes", type=int, default=None, help="number K of mixture modes for --target mog")
-    a("--labels", type=int, default=S, help="semi-supervised: keep N training labels (balanced per class), the "
-      "rest unlabelled; the labelled samples are pulled to their class's mode (implies --method semisupervised)")
-    a("--hidden", type=int, nargs="+", default=S, help=f"hidden widths of the FC networks (default: {_d('hidden')})")
-    a("--arch", default=S, choices=["auto", "fc", "conv"], help=f"network architecture (default: {_d('arch')})")
-    a("--limit", type=int, default=S, help="use only the first N samples of each split (default: all)")
-    a("--val-fraction", type=float, default=S, help=f"held-out share of the training split (default: "
-      f"{_d('val_fraction')})")
-    a("--checkpoint-every", type=int, default=S, help="save last.ckpt every N batches and at the end, 0: after every epoch "
-      f"(default: {_d('checkpoint_every')})")
-    a("--accelerator", default=S, help=f"Lightning accelerator: cpu | gpu | auto (default: {_d('accelerator')})")
-    a("--devices", default=S, help=f"Lightning devices: N or auto (default: {_d('devices')})")
-    a("--num-nodes", type=int, default=S, help=f"Lightning num_nodes (default: {_d('num_nodes')})")
-    a("--strategy", default=S, help=f"Lightning strategy: auto | ddp | ... (default: {_d('strategy')})")
+    for opt, m in RUN_FIELDS.items():
+        if opt not in ("method", "data"):
+            _flag(p, opt, m)
+            if opt == "target":
+                a("--modes", type=int, default=None, help="number K of mixture modes for --target mog")
     a("--no-progress", action="store_true", help="no progress bar or model summary")
 
 
@@ -123,7 +119,11 @@ def run(args) -> int:
             if k not in RESUME_OPTIONS and saved.get(k) != resolve_config({**_saved_options(saved), k: v})[k]:
                 raise ValueError(f"{k.replace('_', '-')}: cannot change when resuming (saved: {saved.get(k)!r}); "
                                  f"only {', '.join('--' + o.replace('_', '-') for o in RESUME_OPTIONS)} may")
-        cfg = resolve_config({**_saved_options(saved), **{k: v for k, v in opts.items() if k in RESUME_OPTIONS}})
+        base = _saved_options(saved)
+        if "epochs" in opts or "steps" in opts:  # a budget given on resume replaces the saved one
+            base.pop("epochs", None)
+            base.pop("steps", None)
+        cfg = resolve_config({**base, **{k: v for k, v in opts.items() if k in RESUME_OPTIONS}})
         cfg["created"] = saved.get("created")
         folder = RunFolder.resume(out)
     else:

@@ -34,7 +34,7 @@ import time
 import traceback
 
 __all__ = ["train_and_measure", "run_jobs", "reference_row", "entropies", "pixel_frechet", "sample_images",
-           "method_defaults", "NS"]
+           "method_defaults", "budget", "budget_text", "NS"]
 
 NS = (1000, 2000, 5000, 10000)  # Table 2's sample sizes
 PIXEL_FD_MAX_DIM = 1024  # pixel-space Frechet distance only for images this small (MNIST: 784)
@@ -257,16 +257,21 @@ def run_jobs(jobs: list[dict], n_jobs: int = 1, on_done=None) -> list[dict]:
 
 def method_defaults(method: str) -> dict:
     """The constructor defaults of ``gens.methods.METHODS[method]`` as JSON-able values (the settings a
-    reproduction uses unless told otherwise; part of each unit's key, so a changed default recomputes)."""
-    import inspect
+    reproduction uses unless told otherwise; part of each unit's key, so a changed default recomputes).
+    Declared in ``gens.config`` (``tests/test_defaults.py`` checks them against the constructors)."""
+    from gens.config import method_defaults as defaults
 
-    from gens.methods import method_parameters
+    return defaults(method)
 
-    out = {}
-    for name, p in method_parameters(method).items():
-        if p.default is inspect.Parameter.empty:
-            continue
-        v = p.default
-        out[name] = list(v) if isinstance(v, tuple) else v if isinstance(v, (int, float, str, bool, type(None))) \
-            else repr(v)
-    return out
+
+def budget(epochs: int | None) -> dict:
+    """A table's training budget: ``{"epochs": E}`` when given, else ``{"epochs": None, "steps": DEFAULT_STEPS}``
+    (``gens.training.budget``'s rule; the steps enter the unit keys, so a changed DEFAULT_STEPS recomputes)."""
+    from gens.config import DEFAULT_STEPS
+
+    return {"epochs": epochs} if epochs else {"epochs": None, "steps": DEFAULT_STEPS}
+
+
+def budget_text(b: dict) -> str:
+    """"12 epoch(s)" or "6000 steps"."""
+    return f"{b['epochs']} epoch(s)" if b.get("epochs") else f"{b['steps']} steps"

@@ -19,7 +19,7 @@ import math
 import statistics
 from pathlib import Path
 
-from gens.reproduce.measure import NS, method_defaults, reference_row, run_jobs
+from gens.reproduce.measure import NS, budget, budget_text, method_defaults, reference_row, run_jobs
 from gens.reproduce.report import Section, cell, fmt_pm
 
 __all__ = ["PAPER", "PAPER_RECON", "TRUE_ENTROPY", "METHODS", "QUICK", "run", "settings", "agrees"]
@@ -53,15 +53,13 @@ def agrees(ours: list, paper) -> bool | None:
 def settings(opts) -> dict:
     """The resolved Table 2 settings (faithful defaults, or the quick ones), test size and capped ns."""
     from gens.data import load_dataset
-    from gens.runs import DEFAULT_EPOCHS
 
     quick = QUICK if opts.quick else {}
-    epochs = opts.epochs or quick.get("epochs") or DEFAULT_EPOCHS.get(opts.data, DEFAULT_EPOCHS[None])
     limit = opts.limit or quick.get("limit")
     n_test = len(load_dataset(opts.data, "test", limit=limit)[0])
     ns = sorted({min(n, n_test) for n in (opts.ns or NS)})
     classifier_epochs = opts.classifier_epochs or (quick_classifier_epochs(opts.data, limit) if quick else None)
-    return {"data": opts.data, "epochs": epochs, "limit": limit, "seeds": list(opts.seeds or quick.get("seeds")
+    return {"data": opts.data, **budget(opts.epochs or quick.get("epochs")), "limit": limit, "seeds": list(opts.seeds or quick.get("seeds")
             or FAITHFUL_SEEDS), "ns": ns, "n_test": n_test, "latent_dim": LATENT_DIM, "batch_size": 100,
             "methods": list(opts.methods or METHODS), "classifier_epochs": classifier_epochs,
             "fid_n": min(opts.fid_n, n_test)}
@@ -105,7 +103,7 @@ def run(opts, units, log) -> Section:
     sec = Section("table2", "Table 2: whitened entropy of MNIST test latents")
     fid, fid_text = _fid_config(opts, s, log)
     threads = opts.threads or (max(1, (torch.get_num_threads() or 1) // opts.jobs) if opts.jobs > 1 else None)
-    base = {k: s[k] for k in ("data", "epochs", "limit", "ns", "latent_dim", "batch_size")}
+    base = {k: s[k] for k in ("data", "epochs", "steps", "limit", "ns", "latent_dim", "batch_size") if k in s}
     fid_key = None if fid is None else {k: v for k, v in fid.items() if k not in ("cache_dir",)}
     jobs, rows = [], {}
     for method in s["methods"]:
@@ -125,7 +123,7 @@ def run(opts, units, log) -> Section:
                    "label": f"{method} seed {seed}", "progress": opts.verbose, "_key": key, "_name": name}
             jobs.append(job)
     if jobs:
-        log(f"[table2] training {len(jobs)} model(s) ({s['epochs']} epochs each, {opts.jobs} at once) on "
+        log(f"[table2] training {len(jobs)} model(s) ({budget_text(s)} each, {opts.jobs} at once) on "
             f"{s['data']}" + (f", first {s['limit']} images of each split" if s["limit"] else ""))
 
     def done(job, row):
@@ -167,8 +165,8 @@ def _report(sec, s, rows, normal, fid_text, opts):
     given = [k for k in ("epochs", "seeds", "limit", "ns") if getattr(opts, k) is not None]
     first = defaults[s["methods"][0]]
     sec.text(f"Settings: {mode}" + (f", with {', '.join(given)} set explicitly" if given else "") + f". Data "
-             f"`{s['data']}`" + (f", first {s['limit']} images of each split" if s["limit"] else "") + f"; {s['epochs']} "
-             f"epoch(s), batch {s['batch_size']}, l = {LATENT_DIM}, seeds {seeds}; entropy of the first N of "
+             f"`{s['data']}`" + (f", first {s['limit']} images of each split" if s["limit"] else "") + f"; {budget_text(s)}"
+             f", batch {s['batch_size']}, l = {LATENT_DIM}, seeds {seeds}; entropy of the first N of "
              f"{s['n_test']} test latents in a seeded random order, N in {ns}"
              + (" (capped at the test size)" if any(n not in NS for n in ns) else "") + ". Every method uses its "
              f"constructor's defaults (`gens.methods`): networks `arch={first.get('arch')}` (FC for MNIST) with "

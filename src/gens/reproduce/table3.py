@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gens.reproduce.measure import method_defaults, run_jobs
+from gens.reproduce.measure import budget, budget_text, method_defaults, run_jobs
 from gens.reproduce.report import Section, cell, fmt_pm
 from gens.reproduce.table2 import _fid_config, agrees, quick_classifier_epochs
 
@@ -39,7 +39,6 @@ def run(opts, units, log) -> Section:
     import torch
 
     from gens.data import load_dataset
-    from gens.runs import DEFAULT_EPOCHS
 
     sec = Section("table3", "Table 3: FID on SVHN and CelebA")
     given = {k: getattr(opts, k) for k in DATASETS if getattr(opts, k)}
@@ -53,11 +52,11 @@ def run(opts, units, log) -> Section:
     quick = QUICK if opts.quick else {}
     methods = list(opts.table3_methods or quick.get("methods") or METHODS)
     seeds = list(opts.seeds or quick.get("seeds") or [0, 1, 2])
-    epochs = opts.epochs or quick.get("epochs") or DEFAULT_EPOCHS[None]
+    limits = budget(opts.epochs or quick.get("epochs"))  # {"epochs": E} or DEFAULT_STEPS steps
     limit = opts.limit or quick.get("limit")
     threads = opts.threads or (max(1, torch.get_num_threads() // opts.jobs) if opts.jobs > 1 else None)
     mode = "quick (`--quick`)" if opts.quick else "faithful defaults"
-    sec.text(f"Settings ({mode}): methods {[NAMES[m] for m in methods]}, seeds {seeds}, {epochs} epoch(s), batch 100"
+    sec.text(f"Settings ({mode}): methods {[NAMES[m] for m in methods]}, seeds {seeds}, {budget_text(limits)}, batch 100"
              + (f", first {limit} images of each split" if limit else "") + "; each method's constructor defaults "
              "(`arch='auto'`: convolutional networks for these colour images). FID of min(10000, test size) "
              "samples against as many test images (CelebA: the 10% validation split).")
@@ -76,7 +75,7 @@ def run(opts, units, log) -> Section:
         else:
             fid, fid_texts[key] = None, ("none: the images have no labels to train in-domain features on; pass "
                                          "`--inception-weights FILE` for an FID")
-        base = {"data": source, "epochs": epochs, "limit": limit, "ns": [], "latent_dim": d["latent_dim"],
+        base = {"data": source, **limits, "limit": limit, "ns": [], "latent_dim": d["latent_dim"],
                 "batch_size": 100}
         fid_key = None if fid is None else {k: v for k, v in fid.items() if k != "cache_dir"}
         jobs = []
