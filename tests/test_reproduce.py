@@ -21,6 +21,7 @@ from gens.cli import main
 from gens.reproduce import Options, reproduce, resolve_data
 from gens.reproduce.report import Section, cell, fmt_pm, load_sections, save_section, write_report
 from gens.reproduce.store import Units
+from gens.training import DEFAULT_STEPS
 
 TINY_NETS = {m: {"hidden": [32]} for m in ("gen", "ae", "vae", "aae")}
 TINY_NETS["gen"].update(bank_size=200, bandwidth=0.6)  # no h_opt search in the tests
@@ -170,7 +171,8 @@ def test_table2_quick_settings_and_data_resolution(monkeypatch):
     assert s["classifier_epochs"] == math.ceil(500 / math.ceil((1437 - 143) / 128))  # >= 500 steps of 128
     assert s["methods"] == ["aae", "vae", "gen", "ae"]
     full = table2.settings(Options(data="digits"))
-    assert full["seeds"] == [0, 1, 2] and full["limit"] is None and full["epochs"] == 40  # gens train's digits default
+    assert full["seeds"] == [0, 1, 2] and full["limit"] is None
+    assert full["epochs"] is None and full["steps"] == DEFAULT_STEPS  # the budget rule of gens.training.budget
     monkeypatch.setenv("GENS_MNIST", "digits")
     assert resolve_data(None) == "digits"
 

@@ -175,6 +175,7 @@ class SemiSupervisedConfig(GENConfig):
                                   "unlabelled; the labelled samples are pulled to their class's mode (implies "
                                   "--method semisupervised)", run_name="labels", estimator=False, type=int)
     label_seed: int = option(0, "semi-supervised: seed of the kept labels", cli=False, estimator=False)
+    lam: float = option(0.01, "regulariser weight lambda")
     bandwidth_scale: float = option(1.0, "GEN: multiply h_opt by this factor in (0, 1] (see BENCHMARKS.md)")
 
 

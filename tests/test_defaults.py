@@ -1,0 +1,175 @@
+"""Every default is declared once, in ``gens.config``: the module constructors, the estimators, ``gens train``'s
+flags, the run config (config.json) and ``gens reproduce``'s unit keys all agree with it, for every option of
+every method. And the budget rule: DEFAULT_STEPS steps unless told otherwise, everywhere."""
+
+import argparse
+import inspect
+import json
+
+import pytest
+
+from gens import config as C
+from gens import estimators as E
+from gens.methods import METHODS, build_module, method_parameters
+from gens.runconfig import DEFAULTS, METHOD_DEFAULTS, RUN_FIELDS, RUN_OPTIONS, module_kwargs, resolve_config
+
+ESTIMATORS = {"gen": E.GEN, "ae": E.AE, "vae": E.VAE, "aae": E.AAE, "wae": E.WAE, "semisupervised": E.SemiSupervisedGEN}
+SHAPE, L = [1, 8, 8], 3
+
+
+def _plain(v):
+    return [_plain(u) for u in v] if isinstance(v, (list, tuple)) else v
+
+
+def _module_hparams(method, **kw) -> dict:
+    return dict(build_module(method, SHAPE, L, **kw).hparams)
+
+
+# ----------------------------------------------------------------------------------- modules
+
+
+def test_one_config_per_method():
+    assert list(C.METHOD_CONFIGS) == list(METHODS)
+    assert list(ESTIMATORS) == list(METHODS)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_module_constructor_defaults_are_the_config(method):
+    params = method_parameters(method)
+    config = C.defaults(C.METHOD_CONFIGS[method])
+    assert set(config) == set(params)
+    for name, p in params.items():
+        assert p.default == config[name], f"{method}.{name}: module {p.default!r}, gens.config {config[name]!r}"
+
+
+def test_module_constants_are_the_config():
+    from gens.methods import gen
+
+    assert gen.DEFAULT_LAM == C.GEN_LAM and gen.DEFAULT_BANDWIDTH_SCALE == C.GEN_BANDWIDTH_SCALE
+    if hasattr(gen, "DEFAULT_COVERAGE"):
+        assert gen.DEFAULT_COVERAGE == C.GEN_COVERAGE
+
+
+def test_reproduce_unit_keys_are_the_module_defaults():
+    """``method_defaults`` (part of every unit's key) equals what the constructors say, in JSON form."""
+    from gens.reproduce.measure import method_defaults
+
+    for method in METHODS:
+        from_modules = {k: _plain(p.default) for k, p in method_parameters(method).items()
+                        if p.default is not inspect.Parameter.empty}
+        assert method_defaults(method) == from_modules
+        json.dumps(method_defaults(method))
+
+
+# -------------------------------------------------------------------------------- estimators
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_estimator_signature_is_the_config(method):
+    sig = inspect.signature(ESTIMATORS[method].__init__).parameters
+    names = [k for k in sig if k != "self"]
+    options = C.estimator_options(method)
+    assert set(names) == set(options), set(names) ^ set(options)
+    for name in names:
+        assert sig[name].default == options[name]["default"], f"{method}: {name}"
+    est = ESTIMATORS[method]()
+    assert est.get_params() == {k: m["default"] for k, m in options.items()}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_estimator_builds_the_default_module(method):
+    est = ESTIMATORS[method](latent_dim=L)
+    kw = est._module_kwargs(est._checked_params(), n_train=10**6)  # no bank cap
+    assert _module_hparams(method, **kw) == _module_hparams(method)
+
+
+def test_estimator_default_budget_is_default_steps():
+    from gens.training import DEFAULT_STEPS, budget
+
+    for cls in ESTIMATORS.values():
+        est = cls()
+        assert est.max_epochs is None and est.max_steps is None
+        assert budget(est.max_epochs, est.max_steps) == {"max_epochs": -1, "max_steps": DEFAULT_STEPS}
+    assert DEFAULT_STEPS is C.DEFAULT_STEPS
+
+
+# ----------------------------------------------------------------------------- CLI, run config
+
+
+def _train_parser():
+    from gens.cli.train import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p
+
+
+def test_every_run_option_is_a_flag_with_the_config_choices():
+    actions = {a.dest: a for a in _train_parser()._actions}
+    assert set(RUN_OPTIONS) <= set(actions)
+    assert set(actions) - set(RUN_OPTIONS) == {"help", "out", "resume", "modes", "no_progress"}
+    for opt, m in RUN_FIELDS.items():
+        a = actions[opt]
+        assert a.default is argparse.SUPPRESS  # left out: the default below (on --resume, the saved value)
+        if m["choices"] is not None:
+            assert list(a.choices) == list(m["choices"])
+    assert vars(_train_parser().parse_args([])) == {"out": None, "resume": None, "modes": None, "no_progress": False}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_run_config_defaults_are_the_config(method):
+    cfg = resolve_config({"method": method, "latent_dim": L})
+    train, run = C.defaults(C.TrainConfig), C.defaults(C.RunConfig)
+    assert resolve_config({"method": method})["latent_dim"] == train["latent_dim"]
+    assert cfg["batch_size"] == train["batch_size"]
+    assert cfg["epochs"] is None and cfg["steps"] == C.DEFAULT_STEPS
+    for k in ("data", "seed", "limit", "val_fraction", "checkpoint_every", "accelerator", "num_nodes", "strategy"):
+        assert cfg[k] == run[k], k
+    config = C.defaults(C.METHOD_CONFIGS[method])
+    for opt, per_method in METHOD_DEFAULTS.items():
+        name = RUN_FIELDS[opt]["name"]
+        if name in config:
+            assert cfg[opt] == _plain(config[name]) == per_method[method], f"{method}: {opt}"
+        else:
+            assert cfg[opt] is None and method not in per_method, f"{method}: {opt}"
+    # and the module the run builds is the default module
+    kw = module_kwargs(cfg)
+    if method == "semisupervised":
+        kw.pop("target_spec")  # gens train's semisupervised target (mog:10) is the module's default target
+    else:
+        assert kw.pop("target_spec", None) in (None, {"type": "standard_normal", "dim": L})
+    assert _module_hparams(method, **kw) == _module_hparams(method)
+
+
+def test_method_independent_defaults_are_shared():
+    for opt, per_method in METHOD_DEFAULTS.items():
+        values = list(per_method.values())
+        assert DEFAULTS[opt] == (values[0] if all(v == values[0] for v in values) else None)
+
+
+def test_cli_help_shows_the_config_defaults():
+    text = _train_parser().format_help()
+    assert f"= {C.DEFAULT_STEPS})" in text and "gen 0.03" in text and "semisupervised 1.0" in text
+
+
+def test_train_function_defaults_are_the_config():
+    from gens.training import train
+
+    p = inspect.signature(train).parameters
+    t = C.defaults(C.TrainConfig)
+    assert (p["latent_dim"].default, p["batch_size"].default) == (t["latent_dim"], t["batch_size"])
+    assert p["max_epochs"].default is None and p["max_steps"].default is None
+
+
+# ------------------------------------------------------------------------------------ the budget
+
+
+def test_budget_options_and_their_errors():
+    assert resolve_config({"epochs": 5})["steps"] is None  # --epochs alone: epochs only
+    both = resolve_config({"epochs": 5, "steps": 7})
+    assert (both["epochs"], both["steps"]) == (5, 7)
+    for opt in ("epochs", "steps"):
+        with pytest.raises(ValueError, match=f"^{opt}:"):
+            resolve_config({opt: 0})
+    with pytest.raises(ValueError, match="^max_steps:"):
+        E.AE(latent_dim=1, max_steps=0).fit([[0.0, 1.0], [1.0, 0.0]])
