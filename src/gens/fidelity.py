@@ -10,7 +10,9 @@ their prior. ``latent_fidelity(z, predicted, ...)`` measures, on latents z: (n, 
 - ``gap``: the whitened leave-one-out KDE entropy (paper Table 2) of as many draws from the prediction
   minus that of z (0 on target; positive: z is less Gaussian / more clustered than predicted);
 - ``jsd`` (when a bank is given): eq. 2's estimate + 2 log 2 between the KDE of ``bank`` and p_t, with z
-  as the encoded queries (independent of the bank) and as many p_t draws; in nats, in [0, 2 log 2].
+  as the encoded queries (independent of the bank) and as many p_t draws: twice the JSD, in nats, in
+  [0, 2 log 2] for exact densities (0 on target). The KDE estimate can fall below 0 when the latents are
+  much sparser than the kernel (inflated latents: p_e at a query far below the true density).
 
 ``FidelityMonitor`` is a Lightning callback that measures this every epoch on (up to ``max_samples``)
 validation latents (training latents when there is no validation split), logs ``fidelity/*`` (so metrics.csv and the estimators' ``history_`` hold it), keeps

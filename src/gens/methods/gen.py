@@ -2,10 +2,20 @@
 
 Per minibatch x (n, *data_shape), with z' = E(x) and a lagged bank Z (m, l) of detached latents:
 
-    loss = recon(x, D(z')) + lam * J(z'),   J = gen_jsd_term(z', Z, p_t, h, form=objective)   (eq. 3)
+    loss = recon(x, D(z')) + lam * (J(z') + coverage * C(z'))
+    J = gen_jsd_term(z', Z, p_t, h, form=objective)   (eq. 3: the latent-sample half of eq. 2)
+    C = gen_coverage_term(z', Z, p_t, h, z_t)         (the target-sample half of eq. 2; z_t ~ p_t, n draws)
 
-The JSD term depends on the encoder only (the bank is detached), so one Adam step on ``loss`` is
-exactly Algorithm 1's two updates: the encoder gets recon + lam * J, the decoder recon alone.
+The JSD terms depend on the encoder only (the bank is detached), so one Adam step on ``loss`` is
+exactly Algorithm 1's two updates: the encoder gets recon + lam * (J + coverage C), the decoder recon alone.
+
+- ``coverage`` (default 1; 0 = the paper's eq. 3 alone): the weight of eq. 2's other half, scored at fresh
+  target draws under the KDE of the bank and the minibatch (``gens.divergence.gen_coverage_term``). Eq. 3
+  only pushes latents out of over-dense regions (its push vanishes where p_e << p_t); nothing draws them
+  into regions the target fills, so on small data or long budgets the reconstruction spreads them and they
+  inflate (digits, 6000 steps: per-dimension std 22-41x the predicted with coverage 0, 0.93-1.14x with 1;
+  BENCHMARKS.md, "Robustness"). Both halves have the stationary point p_e = p_t, so Sec. 4's prediction
+  is unchanged.
 
 - ``objective``: ``"literal"`` (eq. 3: log[p_e / (p_e + p_t)], unbounded below: a latent beyond the
   bank's reach is pushed further out, ever harder), ``"nonsaturating"`` (-log[p_t / (p_e + p_t)], same
@@ -57,11 +67,14 @@ from gens.bank import BANKS
 from gens.methods.base import BaseAutoencoder, batch_x, make_target
 from gens.registry import OBJECTIVES
 
-__all__ = ["DEFAULT_BANDWIDTH_SCALE", "DEFAULT_LAM", "OBJECTIVES", "GENModule"]
+__all__ = ["DEFAULT_BANDWIDTH_SCALE", "DEFAULT_COVERAGE", "DEFAULT_LAM", "OBJECTIVES", "GENModule"]
 # chosen by the MNIST sweep in BENCHMARKS.md ("Training defaults"): against lam = 0.01 at h_opt, the whitened
 # entropy of 10000 test latents rose from 10.69 to 11.03-11.04 (two seeds) for test MSE 0.0176 -> 0.0216
 DEFAULT_LAM = 0.03
 DEFAULT_BANDWIDTH_SCALE = 0.75
+# the target-sample half of eq. 2 (gens.divergence.gen_coverage_term): without it the latents inflate on small
+# data and long budgets (digits at 6000 steps: per-dimension std 22-41x; BENCHMARKS.md, "Robustness")
+DEFAULT_COVERAGE = 1.0
 
 
 class GENModule(BaseAutoencoder):
@@ -72,7 +85,7 @@ class GENModule(BaseAutoencoder):
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
                  bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
                  eps: float | None = None, query_noise: bool = False, bandwidth_scale: float = DEFAULT_BANDWIDTH_SCALE,
-                 leave_one_out: bool = True, coverage: float = 0.0):
+                 leave_one_out: bool = True, coverage: float = DEFAULT_COVERAGE):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)
         self.query_noise = bool(query_noise)
         self.leave_one_out = bool(leave_one_out)
