@@ -11,7 +11,14 @@ import pytest
 from gens import config as C
 from gens import estimators as E
 from gens.methods import METHODS, build_module, method_parameters
-from gens.runconfig import DEFAULTS, METHOD_DEFAULTS, RUN_FIELDS, RUN_OPTIONS, module_kwargs, resolve_config
+from gens.runconfig import (
+    DEFAULTS,
+    METHOD_DEFAULTS,
+    RUN_FIELDS,
+    RUN_OPTIONS,
+    module_kwargs,
+    resolve_config,
+)
 
 ESTIMATORS = {"gen": E.GEN, "ae": E.AE, "vae": E.VAE, "aae": E.AAE, "wae": E.WAE, "semisupervised": E.SemiSupervisedGEN}
 SHAPE, L = [1, 8, 8], 3

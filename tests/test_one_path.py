@@ -7,6 +7,8 @@ estimators hold out nothing unless told, so ``val_fraction=0.1`` is passed; digi
 so ``scaling="auto"`` leaves them as they are).
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,65 @@ def test_cli_and_reproduce_train_the_same_weights(cli_run, tmp_path):
     cli_module, cfg = load_run(run)
     z = encode_all(cli_module, run_split(cfg, "test")[0]).numpy()
     np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), z)
+
+
+# ----------------------------------------------------------------- the steps budget and resuming
+
+
+def _copy(run, dest):
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest
+
+
+def test_a_finished_steps_run_says_so_and_continues_with_more_steps(cli_run, tmp_path, capsys):
+    run, _ = cli_run
+    more = _copy(run, tmp_path / "more")
+    assert main(["train", "--resume", str(more), "--steps", str(STEPS), "--no-progress"]) == 2
+    assert (f"has already trained {STEPS} steps and is finished; give --steps N with N > {STEPS}"
+            in capsys.readouterr().err)
+    assert main(["train", "--resume", str(more), "--steps", str(STEPS + 6), "--no-progress"]) == 0
+    cfg = json.loads((more / "config.json").read_text())
+    assert (cfg["steps"], cfg["epochs"]) == (STEPS + 6, None)
+    assert load_checkpoint(more / "checkpoints" / "last.ckpt")["global_step"] == STEPS + 6
+
+
+def test_an_old_run_folder_resumes_on_epochs_alone(cli_run, tmp_path):
+    """config.json with "epochs" and no "steps" (gens before the steps budget): epochs only, exactly."""
+    from gens.runs import resolve_config, train_run
+
+    run, _ = cli_run
+    old = _copy(run, tmp_path / "old")
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["steps"]
+    (old / "config.json").write_text(json.dumps({**cfg, "epochs": STEPS // 3}))  # 3 batches an epoch
+    assert main(["train", "--resume", str(old), "--epochs", str(STEPS // 3 + 2), "--no-progress"]) == 0
+    assert json.loads((old / "config.json").read_text())["steps"] is None
+    opts = {k: cfg[k] for k in ("data", "limit", "hidden", "latent_dim", "seed", "accelerator", "devices")}
+    train_run(resolve_config({**opts, "epochs": STEPS // 3 + 2}), tmp_path / "full", progress=False, figures=False)
+    _assert_same(load_checkpoint(tmp_path / "full" / "checkpoints" / "last.ckpt")["state_dict"],
+                 load_checkpoint(old / "checkpoints" / "last.ckpt")["state_dict"], "old run folder")
+
+
+def test_a_steps_run_interrupted_mid_epoch_resumes_exactly(tmp_path):
+    from lightning.pytorch import Callback
+
+    from gens.runs import resolve_config, train_run
+
+    class CrashAt(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 11:
+                raise RuntimeError("simulated crash")
+
+    # 6 batches of 50 an epoch; 16 steps end in epoch 2; checkpoints after batches 4 and 8 (epoch 1, batch 2)
+    cfg = resolve_config({"data": "digits", "limit": LIMIT, "batch_size": 50, "steps": 16, "hidden": [16],
+                          "latent_dim": 2, "checkpoint_every": 4, "accelerator": "cpu", "devices": 1, "seed": SEED})
+    assert cfg["epochs"] is None
+    train_run(cfg, tmp_path / "full", progress=False, figures=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(cfg, tmp_path / "crashed", progress=False, figures=False, callbacks=[CrashAt()])
+    train_run(cfg, tmp_path / "crashed", resume=True, progress=False, figures=False)
+    full, crashed = (load_checkpoint(tmp_path / r / "checkpoints" / "last.ckpt") for r in ("full", "crashed"))
+    assert full["global_step"] == crashed["global_step"] == 16
+    _assert_same(full["state_dict"], crashed["state_dict"], "resumed steps run")
