@@ -20,6 +20,9 @@ WHAT = ("table1", "table2", "fig1", "table3", "all")
 def add_arguments(p) -> None:
     import argparse
 
+    from gens.reproduce.table2 import CHOICES as METHOD_CHOICES  # torch-free
+    from gens.samplers import SAMPLERS
+
     S = argparse.SUPPRESS  # no "(default: None)" in --help; read with getattr
     p.add_argument("what", choices=WHAT, metavar="WHAT", help=f"what to reproduce: {', '.join(WHAT)}")
     p.add_argument("--out", default="reproduction", help="report folder (reused units are read from it)")
@@ -32,6 +35,11 @@ def add_arguments(p) -> None:
     p.add_argument("--limit", type=int, default=S, help="use only the first LIMIT images of each split")
     p.add_argument("--ns", type=int, nargs="+", default=S,
                    help="Table 2 entropy sample sizes (default: 1000 2000 5000 10000, capped at the test size)")
+    p.add_argument("--methods", nargs="+", choices=METHOD_CHOICES, default=S, metavar="METHOD",
+                   help=f"Table 2's methods, of {', '.join(METHOD_CHOICES)} (default: aae vae gen ae)")
+    p.add_argument("--samplers", nargs="+", choices=tuple(SAMPLERS), default=S, metavar="SAMPLER",
+                   help=f"Table 2: the FID of each ex-post sampler, of {', '.join(SAMPLERS)} (gens.samplers; fitted "
+                        "once per model on its training latents; default: all; analytic, the FID column, always)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator of the trainings (cpu, gpu, auto)")
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (spawned processes)")
     p.add_argument("--threads", type=int, default=S, help="torch threads per training (default: cores / jobs)")
@@ -59,7 +67,8 @@ def run(args) -> int:
                    epochs=a.get("epochs"), limit=a.get("limit"), ns=a.get("ns"), accelerator=args.accelerator,
                    jobs=args.jobs, threads=a.get("threads"), svhn=a.get("svhn"), celeba=a.get("celeba"),
                    inception_weights=a.get("inception_weights"), classifier_epochs=a.get("classifier_epochs"),
-                   cache_dir=a.get("cache_dir"), verbose=not a.get("quiet", False), command=_command(args))
+                   cache_dir=a.get("cache_dir"), methods=a.get("methods"), samplers=a.get("samplers"),
+                   verbose=not a.get("quiet", False), command=_command(args))
     md, page = reproduce(args.what, opts)
     print(f"wrote {md} and {page}")
     return 0

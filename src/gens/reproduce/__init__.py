@@ -38,7 +38,9 @@ class Options:
     svhn / celeba: folders for Table 3. inception_weights: the FID Inception-v3 file (else in-domain
     features). classifier_epochs: epochs of the in-domain FID classifier. cache_dir: where the FID
     classifier and h_opt are cached (default ``$GENS_CACHE_DIR`` or ``~/.cache/gens``).
-    Library-only knobs for small runs: ``methods`` (Table 2), ``table3_methods``, ``module_kwargs``
+    methods: Table 2's methods (default aae vae gen ae; "wae" too). samplers: the ex-post samplers whose
+    FID Table 2 measures (``gens.samplers.SAMPLERS``; default all; "analytic", the FID column, always).
+    Library-only knobs for small runs: ``table3_methods``, ``module_kwargs``
     ({method: {option: value}} passed to every training of that method), ``table1`` / ``fig1`` (dicts
     overriding those parts' grids), ``fid_n``.
     """
@@ -60,6 +62,7 @@ class Options:
     cache_dir: str | None = None
     fid_n: int = 10000
     methods: tuple | None = None
+    samplers: tuple | None = None
     table3_methods: tuple | None = None
     module_kwargs: dict = field(default_factory=dict)
     table1: dict = field(default_factory=dict)
@@ -104,6 +107,17 @@ def _validate(what: str, opts: Options) -> tuple[str, ...]:
             raise ValueError("seeds: give at least one seed")
     if opts.ns is not None:
         opts.ns = sorted({check_int("ns", n, minimum=10) for n in opts.ns})
+    if opts.methods is not None:
+        from gens.reproduce.table2 import CHOICES
+
+        opts.methods = tuple(dict.fromkeys(check_choice("methods", m, CHOICES) for m in opts.methods))
+        if not opts.methods:
+            raise ValueError("methods: give at least one method")
+    if opts.samplers is not None:
+        from gens.samplers import SAMPLERS
+
+        given = {check_choice("samplers", s, SAMPLERS) for s in opts.samplers} | {"analytic"}
+        opts.samplers = tuple(s for s in SAMPLERS if s in given)  # the registry's order, analytic always
     if opts.inception_weights is not None:  # the extra gens[fid] and the file, before anything trains
         from gens.evaluation.fid import check_inception
 

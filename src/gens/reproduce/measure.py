@@ -7,7 +7,9 @@ seeded random order, for each n in ``job["ns"]`` not above the test size; the me
 largest per-dimension std of the test latents; the Fréchet distance between generated samples and the test
 images in pixel space (a crude check; only for images of at most ``PIXEL_FD_MAX_DIM`` values); optionally
 the FID of ``fid["n"]`` samples against as many test images under in-domain CNN features or the FID
-Inception-v3 (``gens.evaluation.fid``); the mean epoch time. It never raises: a failure becomes
+Inception-v3 (``gens.evaluation.fid``), for each ex-post sampler in ``fid["samplers"]`` (``gens.samplers``:
+fitted once on the training split's latents, seeded by the job's seed; the test images' features computed
+once) as ``fid_<sampler>``, ``fid`` itself being the analytic sampler's; the mean epoch time. It never raises: a failure becomes
 ``status`` "diverged", "nonfinite" or "error" with a message.
 
 A job is a plain dict (so it can go to a spawned process)::
@@ -15,7 +17,8 @@ A job is a plain dict (so it can go to a spawned process)::
     {"method": "gen", "kwargs": {}, "data": "mnist:DIR", "epochs": 12, "steps": None, "seed": 0, "latent_dim": 8,
      "batch_size": 100, "limit": None, "ns": [1000, 2000, 5000, 10000], "accelerator": "auto",
      "threads": None, "fid": None | {"features": "domain" | "inception", "n": 10000, "source": "mnist:DIR",
-     "cache_dir": None, "classifier_epochs": None, "classifier_limit": None, "inception_weights": None},
+     "cache_dir": None, "classifier_epochs": None, "classifier_limit": None, "inception_weights": None,
+     "samplers": None | ["analytic", "gaussian", "gmm"]},
      "samples_png": None | "path/to/grid.png", "label": "gen seed 0", "progress": True,
      "train_entropy": False, "latents_out": None | "path/to/latents.npy"}
 
@@ -34,7 +37,7 @@ import time
 import traceback
 
 __all__ = ["train_and_measure", "run_jobs", "reference_row", "entropies", "pixel_frechet", "sample_images",
-           "method_defaults", "budget", "budget_text", "NS"]
+           "fit_job_samplers", "method_defaults", "budget", "budget_text", "NS"]
 
 NS = (1000, 2000, 5000, 10000)  # Table 2's sample sizes
 PIXEL_FD_MAX_DIM = 1024  # pixel-space Frechet distance only for images this small (MNIST: 784)
@@ -64,14 +67,17 @@ def entropies(z, ns, device="cpu") -> dict:
     return out
 
 
-def sample_images(module, n: int, seed: int):
-    """n decoded samples (n, *data_shape) in [0, 1] on the CPU, drawn in chunks with a seeded generator."""
+def sample_images(module, n: int, seed: int, samplers=None, sampler: str = "analytic"):
+    """n decoded samples (n, *data_shape) in [0, 1] on the CPU, drawn in chunks with a seeded generator from
+    the latent density ``sampler`` (``gens.samplers.decode_draws``; "analytic" is ``module.sample``)."""
     import torch
+
+    from gens.samplers import decode_draws
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return torch.cat([module.sample(len(c), generator=g).float().cpu() for c in torch.arange(n).split(1000)]
-                         ).clamp(0, 1)
+        return torch.cat([decode_draws(module, samplers or {}, sampler, len(c), generator=g).float().cpu()
+                          for c in torch.arange(n).split(1000)]).clamp(0, 1)
 
 
 def _callbacks(job):
@@ -97,11 +103,33 @@ def _callbacks(job):
     return EpochTimer()
 
 
-def _fid(job, fake, real) -> dict:
+def fit_job_samplers(job, module, trainer) -> tuple[dict, dict]:
+    """The ex-post samplers of ``job["fid"]["samplers"]`` other than "analytic", fitted once on the latents of
+    the training split (``gens.samplers.fit_samplers``, random_state = the job's seed). Returns (samplers,
+    row fields: ``sampler_fit_s``, and ``sampler_message`` when the latents are not finite)."""
+    import numpy as np
+
+    from gens.samplers import fit_samplers
+    from gens.training import encode_all
+
+    names = [s for s in ((job.get("fid") or {}).get("samplers") or ()) if s != "analytic"]
+    if not names:
+        return {}, {}
+    start = time.perf_counter()
+    Z = encode_all(module, trainer.datamodule.split_tensors("train")[0]).double().numpy()
+    if not np.isfinite(Z).all():
+        return {}, {"sampler_message": "non-finite training latents: no ex-post samplers"}
+    samplers = fit_samplers(Z, names, random_state=int(job["seed"]) % 2**32)
+    return samplers, {"sampler_fit_s": time.perf_counter() - start}
+
+
+def _fid(job, fake, real, module=None, samplers=None) -> dict:
+    """FID of ``fake`` (the analytic sampler's draws; None: none) and, for every other sampler of
+    ``job["fid"]["samplers"]``, of as many draws from it, against the same real images (featurised once)."""
     from gens.evaluation import fid as F
 
     cfg = job["fid"]
-    n = min(int(cfg.get("n") or 10000), len(real), len(fake))
+    n = min(int(cfg.get("n") or 10000), len(real), *([len(fake)] if fake is not None else []))
     if cfg.get("features") == "inception":
         model = F.load_inception(cfg["inception_weights"])
         feats = lambda x: F.inception_features(x, model)  # noqa: E731
@@ -109,7 +137,21 @@ def _fid(job, fake, real) -> dict:
         kw = {"cache_dir": cfg.get("cache_dir"), "epochs": cfg.get("classifier_epochs"),
               "limit": cfg.get("classifier_limit")}
         feats = lambda x: F.domain_features(x, cfg["source"], **kw)  # noqa: E731
-    return {"fid": F.fid_from_features(feats(real[:n]), feats(fake[:n])), "fid_n": n}
+    f_real = feats(real[:n])
+    out = {"fid_n": n}
+    if fake is not None:
+        out["fid"] = F.fid_from_features(f_real, feats(fake[:n]))
+    for name in cfg.get("samplers") or ():
+        if name == "analytic":
+            out["fid_analytic"] = out.get("fid")
+        elif samplers and name in samplers:
+            try:
+                draws = sample_images(module, n, job["seed"], samplers, name).reshape(-1, *real.shape[1:])
+                out[f"fid_{name}"] = F.fid_from_features(f_real, feats(draws))
+            except ValueError as err:
+                out[f"fid_{name}"] = None
+                out["sampler_message"] = f"{name}: {err}"[:300]
+    return out
 
 
 def train_and_measure(job: dict) -> dict:
@@ -196,16 +238,20 @@ def _train_and_measure(job: dict) -> dict:
             import numpy as np
 
             np.save(job["latents_out"], z.float().cpu().numpy())
+        samplers, fitted = fit_job_samplers(job, module, trainer)  # ex-post samplers: once, on training latents
+        row.update(fitted)
         try:
             fake = sample_images(module, min(10000, len(x)), job["seed"]).reshape(-1, *x.shape[1:])
         except ValueError as err:  # e.g. a GEN with h >= 1 has no shrunk target to sample from
             row["message"] = f"no samples: {err}"[:300]
-            return row
-        if x[0].numel() <= PIXEL_FD_MAX_DIM:  # sqrtm of a d x d matrix: minutes at SVHN's d = 3072
+            if not samplers:
+                return row
+            fake = None  # the fitted samplers can still be measured
+        if fake is not None and x[0].numel() <= PIXEL_FD_MAX_DIM:  # sqrtm of d x d: minutes at SVHN's d = 3072
             row["sample_fd"] = pixel_frechet(fake.flatten(1).numpy(), x.flatten(1).numpy())
         if job.get("fid"):
-            row.update(_fid(job, fake, x))
-        if job.get("samples_png"):
+            row.update(_fid(job, fake, x, module, samplers))
+        if job.get("samples_png") and fake is not None:
             from gens.plots import image_grid
 
             image_grid(fake[:64].numpy(), job["samples_png"], scale=2)

@@ -4,7 +4,9 @@ Per method and seed one unit (``measure.train_and_measure``): train with the met
 (``gens.methods``; nothing here fixes a GEN hyperparameter), then on the test split: reconstruction MSE,
 the whitened leave-one-out KDE entropy of N test latents for N in 1000, 2000, 5000, 10000 (supplement
 eqs. 4-5), and the FID of 10000 samples against the test images under in-domain CNN features
-(``gens.evaluation.fid.domain_features``, or the FID Inception-v3 with ``--inception-weights``). Beside
+(``gens.evaluation.fid.domain_features``, or the FID Inception-v3 with ``--inception-weights``), for
+each ex-post sampler of ``--samplers`` (``gens.samplers``: "analytic", the method's own latent distribution,
+and "gaussian" / "gmm" fitted once per model on its training latents; a table method x sampler). Beside
 them: the same entropy of N(0, I_8) samples (measured, one set per seed), the paper's rows, and the true
 entropy of N(0, I_8), 4 log(2 pi e) = 11.35.
 
@@ -21,8 +23,10 @@ from pathlib import Path
 
 from gens.reproduce.measure import NS, budget, budget_text, method_defaults, reference_row, run_jobs
 from gens.reproduce.report import Section, cell, fmt_pm
+from gens.samplers import SAMPLERS
 
-__all__ = ["PAPER", "PAPER_RECON", "TRUE_ENTROPY", "METHODS", "QUICK", "run", "settings", "agrees"]
+__all__ = ["PAPER", "PAPER_RECON", "TRUE_ENTROPY", "METHODS", "CHOICES", "QUICK", "run", "settings", "agrees",
+           "fid_key", "fid_value"]
 
 LATENT_DIM = 8
 # The paper's Table 2 (5 models each): PAPER[row][N] = (mean, sd)
@@ -35,7 +39,8 @@ PAPER = {
 PAPER_RECON = 0.02  # "the reconstruction error of all three was about 0.02"
 TRUE_ENTROPY = 0.5 * LATENT_DIM * math.log(2 * math.pi * math.e)  # 11.352
 METHODS = ("aae", "vae", "gen", "ae")  # the AE: the unregularised reference
-NAMES = {"aae": "AAE", "vae": "VAE", "gen": "GEN", "ae": "AE (no regulariser)"}
+CHOICES = (*METHODS, "wae")  # --methods
+NAMES = {"aae": "AAE", "vae": "VAE", "gen": "GEN", "ae": "AE (no regulariser)", "wae": "WAE"}
 QUICK = dict(limit=10000, epochs=2, seeds=[0], classifier_steps=500)  # FID classifier: >= 500 steps, >= 2 epochs
 FAITHFUL_SEEDS = [0, 1, 2]
 GEN_MARGIN = 0.1  # the issue: GEN within 0.1 of the N(0, I_8) row
@@ -62,7 +67,40 @@ def settings(opts) -> dict:
     return {"data": opts.data, **budget(opts.epochs or quick.get("epochs")), "limit": limit, "seeds": list(opts.seeds or quick.get("seeds")
             or FAITHFUL_SEEDS), "ns": ns, "n_test": n_test, "latent_dim": LATENT_DIM, "batch_size": 100,
             "methods": list(opts.methods or METHODS), "classifier_epochs": classifier_epochs,
-            "fid_n": min(opts.fid_n, n_test)}
+            "fid_n": min(opts.fid_n, n_test), "samplers": _samplers(opts)}
+
+
+def _samplers(opts) -> list[str]:
+    """The measured samplers in the registry's order; "analytic" (the FID column) always; default all."""
+    given = set(opts.samplers or SAMPLERS) | {"analytic"}
+    return [name for name in SAMPLERS if name in given]
+
+
+def fid_key(fid: dict | None, samplers) -> dict | None:
+    """The FID part of a unit's key: the FID settings without the cache folder, plus the measured samplers
+    unless they are "analytic" alone (what a unit measured before samplers existed: those units still match)."""
+    if fid is None:
+        return None
+    key = {k: v for k, v in fid.items() if k not in ("cache_dir", "samplers")}
+    if list(samplers) != ["analytic"]:
+        key["samplers"] = list(samplers)
+    return key
+
+
+def _supersets(samplers) -> list[list[str]]:
+    """``samplers`` first, then every larger set of registered samplers holding it (smallest first): a unit
+    that measured more samplers serves a run that asks for fewer."""
+    from itertools import combinations
+
+    rest = [name for name in SAMPLERS if name not in samplers]
+    return [[name for name in SAMPLERS if name in samplers or name in extra]
+            for k in range(len(rest) + 1) for extra in combinations(rest, k)]
+
+
+def fid_value(row: dict, sampler: str):
+    """A row's FID for ``sampler``; "analytic" falls back to ``fid`` (units saved before samplers existed)."""
+    value = row.get(f"fid_{sampler}")
+    return row.get("fid") if value is None and sampler == "analytic" else value
 
 
 def quick_classifier_epochs(data, limit) -> int:
@@ -104,19 +142,23 @@ def run(opts, units, log) -> Section:
     fid, fid_text = _fid_config(opts, s, log)
     threads = opts.threads or (max(1, (torch.get_num_threads() or 1) // opts.jobs) if opts.jobs > 1 else None)
     base = {k: s[k] for k in ("data", "epochs", "steps", "limit", "ns", "latent_dim", "batch_size") if k in s}
-    fid_key = None if fid is None else {k: v for k, v in fid.items() if k not in ("cache_dir",)}
+    if fid is not None:
+        fid = {**fid, "samplers": s["samplers"]}
     jobs, rows = [], {}
     for method in s["methods"]:
         kwargs = dict(opts.module_kwargs.get(method, {}))
         for seed in s["seeds"]:
-            key = {**base, "method": method, "seed": seed, "defaults": method_defaults(method), "kwargs": kwargs,
-                   "fid": fid_key}
+            common = {**base, "method": method, "seed": seed, "defaults": method_defaults(method), "kwargs": kwargs}
+            key = {**common, "fid": fid_key(fid, s["samplers"])}
             name = f"{method}-seed{seed}"
             png = Path("figures") / f"table2_{method}_s{seed}.png"
-            row = units.load("table2", name, key)
+            for cand in ([key] if fid is None else [{**common, "fid": fid_key(fid, c)} for c in _supersets(s["samplers"])]):
+                row = units.load("table2", name, cand)
+                if row is not None:
+                    log(f"[table2] {name}: reused {units.path('table2', name, cand)}")
+                    rows[method, seed] = row
+                    break
             if row is not None:
-                log(f"[table2] {name}: reused {units.path('table2', name, key)}")
-                rows[method, seed] = row
                 continue
             job = {**base, "method": method, "seed": seed, "kwargs": kwargs, "accelerator": opts.accelerator,
                    "threads": threads, "fid": fid, "samples_png": str(Path(opts.out) / png),
@@ -132,7 +174,8 @@ def run(opts, units, log) -> Section:
             units.save("table2", job["_name"], job["_key"], row, row.get("seconds", 0.0))
         log(f"[table2] {job['_name']}: {row['status']}, recon {row.get('recon', float('nan')):.4f}, "
             + ", ".join(f"H{n} {row[f'H{n}']:.3f}" for n in s["ns"] if row.get(f"H{n}") is not None)
-            + (f", FID {row['fid']:.2f}" if row.get("fid") is not None else "")
+            + "".join(f", FID {sm} {fid_value(row, sm):.2f}" for sm in s["samplers"] if fid is not None
+                      and fid_value(row, sm) is not None)
             + (f" ({row['message']})" if row.get("message") else ""))
 
     run_jobs(jobs, opts.jobs, done)
@@ -142,7 +185,7 @@ def run(opts, units, log) -> Section:
         key = {"seed": seed, "dim": LATENT_DIM, "ns": s["ns"]}
         normal[seed] = units.get_or_compute("table2", f"normal-seed{seed}", key,
                                             lambda seed=seed: reference_row(seed, LATENT_DIM, s["ns"], device), log)
-    _report(sec, s, rows, normal, fid_text, opts)
+    _report(sec, s, rows, normal, fid_text, opts, fid_table=fid is not None)
     return sec
 
 
@@ -157,7 +200,7 @@ def _mean(values):
     return statistics.fmean(values) if values else None
 
 
-def _report(sec, s, rows, normal, fid_text, opts):
+def _report(sec, s, rows, normal, fid_text, opts, fid_table=False):
     ns, seeds = s["ns"], s["seeds"]
     defaults = {m: method_defaults(m) for m in s["methods"]}
     gen_d = defaults.get("gen", {})
@@ -238,12 +281,62 @@ def _report(sec, s, rows, normal, fid_text, opts):
                  f"measured here ({ae:.3f}), so an AAE that shapes its latents at all should exceed it.")
     sec.text("Where a measured row misses the paper's, the numbers above are what this implementation produced "
              "with these settings; the paper does not state its AAE and VAE hyperparameters.")
+    if fid_table:
+        _fid_table(sec, s, rows)
     sec.figure(_plot(s, rows, normal, opts.out), "Whitened entropy against N: measured (mean ± sd over seeds, solid), "
                "the paper's (dashed), and the true entropy of N(0, I_8) (dotted).")
     for method in s["methods"]:
         png = Path("figures") / f"table2_{method}_s{seeds[0]}.png"
         if (Path(opts.out) / png).is_file():
             sec.figure(png, f"{NAMES[method]}: 64 samples (seed {seeds[0]}).")
+
+
+SAMPLER_TEXT = {"analytic": "the method's own latent distribution (GEN: the Sec. 4 target shrunk by the kernel; "
+                            "VAE: the prior; AAE / WAE: the target; AE: a Gaussian fitted to its last epoch's "
+                            "minibatch latents)",
+                "gaussian": "a full-covariance Gaussian fitted to the training latents",
+                "gmm": "a 10-component full-covariance Gaussian mixture fitted to the training latents "
+                       "(scikit-learn, as the RAE paper's ex-post sampler)"}
+
+
+def _fid_table(sec, s, rows):
+    """FID per method (rows) and ex-post sampler (columns), mean ± sd over the seeds; a missing value (a unit
+    without that column, a sampler that failed) is '-' and listed below the table."""
+    seeds, samplers = s["seeds"], s["samplers"]
+    table, missing, means = [], [], {}
+    for method in s["methods"]:
+        ok = [sd for sd in seeds if (method, sd) in rows and rows[method, sd]["status"] == "ok"]
+        line = [NAMES[method]]
+        for name in samplers:
+            vals = [fid_value(rows[method, sd], name) for sd in ok]
+            for sd, v in zip(ok, vals):
+                if v is None:
+                    why = rows[method, sd].get("sampler_message") or rows[method, sd].get("message") or "not measured"
+                    missing.append(f"{NAMES[method]} {name} seed {sd} ({why})")
+            line.append(fmt_pm(vals, 2))
+            if _mean(vals) is not None:
+                means[method, name] = _mean(vals)
+        table.append(line + [str(len(ok))])
+    sec.table(["model", *[f"FID, {name}" for name in samplers], "seeds"], table,
+              caption=f"FID of {s['fid_n']} samples from each ex-post sampler (`--samplers`) against as many test "
+              "images, mean ± sd over seeds (lower is better): " + "; ".join(
+                  f"{name}: {SAMPLER_TEXT.get(name, name)}" for name in samplers) + ". Each model's samplers are "
+              "fitted once on its training latents; the test images' features are computed once per model.")
+    if missing:
+        sec.text("Missing FIDs: " + "; ".join(missing) + ".")
+    best = {}
+    for (method, name), v in means.items():
+        if method not in best or v < best[method][1]:
+            best[method] = (name, v)
+    if "gen" in best and len(best) > 1:
+        others = {m: b for m, b in best.items() if m != "gen"}
+        top = min(others, key=lambda m: others[m][1])
+        line = ("Best sampler per model: " + ", ".join(f"{NAMES[m]} {n} {v:.2f}" for m, (n, v) in best.items())
+                + f". GEN's best ({best['gen'][0]}, {best['gen'][1]:.2f}) against the best other "
+                f"({NAMES[top]} {others[top][0]}, {others[top][1]:.2f}): {best['gen'][1] - others[top][1]:+.2f}")
+        if ("gen", "analytic") in means and ("ae", "gmm") in means:
+            line += (f"; GEN analytic against AE gmm: {means['gen', 'analytic'] - means['ae', 'gmm']:+.2f}")
+        sec.text(line + " (differences of the means; negative: the GEN generates better).")
 
 
 def _paper(key, n) -> str:
