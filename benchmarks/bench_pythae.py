@@ -159,8 +159,9 @@ def main(argv=None):
     p.add_argument("--pythae-default-disc", action="store_true", help="pythae's own l -> 256 -> 1 discriminator")
     args = p.parse_args(argv)
 
-    import torch
     import warnings
+
+    import torch
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

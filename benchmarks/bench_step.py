@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -230,7 +229,6 @@ def components(gen_q, gen_r, ae, data, batch: int, reps: int, rounds: int) -> di
 
 def profile_step(step, data, batch: int, n: int = 20, top: int = 15) -> str:
     """torch.profiler table (self CPU time) of n GEN queue steps."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     it = batches(data, batch, seed=3)

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 import gens.bandwidth as bw
-from gens.bandwidth import (PAPER_TABLE1, BandwidthWarning, corrected_bandwidth, jsd_curve, optimal_bandwidth,
-                            optimal_bandwidth_normal)
+from gens.bandwidth import (
+    PAPER_TABLE1,
+    BandwidthWarning,
+    corrected_bandwidth,
+    jsd_curve,
+    optimal_bandwidth,
+    optimal_bandwidth_normal,
+)
 from gens.divergence import jsd_estimate
 from gens.targets import StandardNormal, mixture_on_simplex
 

@@ -8,8 +8,19 @@ import torch
 from scipy import integrate, stats
 from scipy.special import logsumexp
 
-from gens.evaluation.correlation import (QUICK, CorrelationResults, correlation_study, kde_jsd, mixture_samples,
-                                         nn_jsd, normal_samples, plot_examples, plot_grid, plot_line, winner)
+from gens.evaluation.correlation import (
+    QUICK,
+    CorrelationResults,
+    correlation_study,
+    kde_jsd,
+    mixture_samples,
+    nn_jsd,
+    normal_samples,
+    plot_examples,
+    plot_grid,
+    plot_line,
+    winner,
+)
 
 
 def _gen(seed):

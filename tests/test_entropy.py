@@ -5,12 +5,10 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
+import torch
 from scipy.special import logsumexp
 
-import torch
-
-from gens.evaluation.entropy import (entropy_bandwidth, gaussian_entropy, latent_entropy, loo_log_likelihood,
-                                     whiten)
+from gens.evaluation.entropy import entropy_bandwidth, gaussian_entropy, latent_entropy, loo_log_likelihood, whiten
 from gens.kde import kde_log_density_loo
 
 

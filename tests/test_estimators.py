@@ -13,7 +13,6 @@ from sklearn.utils.estimator_checks import check_estimator
 from gens.checkpoint import UnsafeCheckpointError
 from gens.estimators import AAE, AE, EXPECTED_FAILED_CHECKS, GEN, VAE, WAE, load
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

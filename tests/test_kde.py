@@ -5,9 +5,7 @@ import pytest
 import torch
 from sklearn.neighbors import KernelDensity
 
-import gens.kde as kde
 from gens.kde import kde_log_density, kde_log_density_loo
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,6 @@ import torch
 import gens.kde as kde
 from gens.kde import kde_log_density, kde_log_density_loo
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

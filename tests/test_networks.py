@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gens.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, build_networks, choose_arch
+from gens.networks import ConvDecoder, ConvEncoder, MLPEncoder, build_networks, choose_arch
 
 
 @pytest.mark.parametrize("shape, arch", [((1, 28, 28), MLPEncoder), ((1, 8, 8), MLPEncoder), ((20,), MLPEncoder),

@@ -17,7 +17,6 @@ from gens.evaluation.novelty import (
     reconstruction_residuals,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -6,8 +6,7 @@ import torch
 from scipy import stats
 from scipy.special import logsumexp
 
-from gens.targets import (Gaussian, GaussianMixture, StandardNormal, Target, mixture_on_simplex,
-                          target_from_spec)
+from gens.targets import Gaussian, GaussianMixture, StandardNormal, Target, mixture_on_simplex, target_from_spec
 
 
 def _random_spd(rng, k, dim):

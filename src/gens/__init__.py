@@ -40,7 +40,6 @@ _LAZY = {
     "AAE": "gens.estimators",
     "WAE": "gens.estimators",
     "SemiSupervisedGEN": "gens.estimators",
-    "SemiSupervisedGEN": "gens.estimators",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

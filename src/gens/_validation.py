@@ -78,9 +78,9 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
 
 def check_finite(name: str, x: Any) -> None:
     """Raise ValueError if the tensor/array ``x`` holds NaN or infinity (says how many)."""
-    import numpy as np
-
     import sys
+
+    import numpy as np
 
     torch = sys.modules.get("torch")  # a tensor can only exist if torch is already imported
     if torch is not None and isinstance(x, torch.Tensor):

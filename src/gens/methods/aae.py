@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from gens._validation import check_float
-from gens.methods.base import BaseAutoencoder, make_target, batch_x
+from gens.methods.base import BaseAutoencoder, batch_x, make_target
 from gens.networks import _mlp
 
 __all__ = ["AAEModule"]
