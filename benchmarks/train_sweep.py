@@ -5,7 +5,9 @@ For every (config, epochs, seed): train on the data's train split and measure on
 per-pixel reconstruction MSE, the whitened leave-one-out KDE entropy of the first n test latents for
 each n in --ns (``gens.evaluation.entropy.latent_entropy``; paper Table 2), the mean |z| and the
 smallest / largest per-dimension std of the test latents, the Frechet distance between 10000 generated
-samples and the test images in pixel space (a crude sample-quality check), and the mean epoch time.
+samples and the test images in pixel space (a crude sample-quality check), and the mean epoch time; with
+``--fid N`` the in-domain FID of N samples from each ex-post sampler of --samplers (``gens.samplers``, fitted
+once per model on its training latents; columns fid_analytic, fid_gaussian, fid_gmm).
 The same entropy of N(0, I_l) samples is printed once per seed as the reference.
 
     python benchmarks/train_sweep.py --data mnist:/work/shared/data/mnist \\
@@ -28,9 +30,9 @@ import os
 import sys
 
 
-def fields(ns) -> list[str]:
+def fields(ns, samplers=()) -> list[str]:
     return ["config", "epochs", "steps", "global_step", "seed", "status", "recon", *[f"H{n}" for n in ns], "Htrain", "mean_abs_z", "min_std",
-            "max_std", "eig_min", "eig_max", "sample_fd", "epoch_s", "h", "message"]
+            "max_std", "eig_min", "eig_max", "sample_fd", *[f"fid_{s}" for s in samplers], "epoch_s", "h", "message"]
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -90,7 +92,7 @@ def reference_rows(seeds, dim, ns, device) -> list[dict]:
             for seed in seeds]
 
 
-def fmt(row: dict, ns) -> str:
+def fmt(row: dict, ns, samplers=()) -> str:
     def f(k, spec):
         v = row.get(k)
         return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "-"
@@ -99,7 +101,30 @@ def fmt(row: dict, ns) -> str:
     return (f"{row['config']:<48} {_budget(row.get('epochs'), row.get('steps')):<7} step={row.get('global_step', '-')} seed={row['seed']:<2} {row['status']:<8} recon={f('recon', '.4f')} "
             f"H({'/'.join(map(str, ns))})={hs} |z|={f('mean_abs_z', '.2f')} std=[{f('min_std', '.2f')},{f('max_std', '.2f')}] "
             f"eig=[{f('eig_min', '.2f')},{f('eig_max', '.2f')}] "
-            f"Htrain={f('Htrain', '.2f')} fd={f('sample_fd', '.1f')} epoch={f('epoch_s', '.1f')}s h={f('h', '.3f')} {row.get('message', '')}")
+            f"Htrain={f('Htrain', '.2f')} fd={f('sample_fd', '.1f')} "
+            + "".join(f"fid_{s}={f(f'fid_{s}', '.2f')} " for s in samplers) + f"epoch={f('epoch_s', '.1f')}s h={f('h', '.3f')} {row.get('message', '')}")
+
+
+def fid_samplers(names) -> list[str]:
+    """The registry's order, "analytic" always (``gens.reproduce.measure`` reports it as ``fid`` too)."""
+    from gens.samplers import SAMPLERS
+
+    unknown = sorted(set(names) - set(SAMPLERS))
+    if unknown:
+        raise SystemExit(f"--samplers: unknown {', '.join(unknown)}; choose from {', '.join(SAMPLERS)}")
+    return [s for s in SAMPLERS if s in set(names) | {"analytic"}]
+
+
+def fid_config(args, samplers) -> dict | None:
+    """``train_and_measure``'s FID settings: in-domain features of --data's classifier (trained here once, before
+    the jobs read it from the cache), N samples from each sampler."""
+    if not args.fid:
+        return None
+    from gens.evaluation.fid import domain_classifier
+
+    domain_classifier(args.data, limit=args.limit)
+    return {"features": "domain", "n": args.fid, "source": args.data, "cache_dir": None, "classifier_epochs": None,
+            "classifier_limit": args.limit, "samplers": samplers}
 
 
 def main(argv=None) -> int:
@@ -124,17 +149,24 @@ def main(argv=None) -> int:
     p.add_argument("--save-latents", default=None, metavar="DIR",
                    help="save each training's test latents to DIR/<config>-ep<E>-s<seed>.npy and its per-epoch "
                         "validation fidelity (gens.fidelity) to .json beside it")
+    p.add_argument("--fid", type=int, default=None, metavar="N",
+                   help="in-domain FID of N samples per ex-post sampler against N test images (columns fid_<sampler>)")
+    p.add_argument("--samplers", nargs="+", default=["analytic", "gaussian", "gmm"],
+                   help="ex-post samplers measured with --fid (gens.samplers.SAMPLERS)")
     args = p.parse_args(argv)
+    samplers = fid_samplers(args.samplers) if args.fid else []
     if args.save_latents:
         os.makedirs(args.save_latents, exist_ok=True)
     for c in args.configs:
         parse_config(c)  # fail early on a malformed config
+    fid = fid_config(args, samplers)
     budgets = [(e, None) for e in args.epochs or []] + [(None, st) for st in args.steps or []] or [(None, None)]
     jobs = [dict(config=c, epochs=e, steps=st, seed=s, data=args.data, latent_dim=args.latent_dim, batch_size=args.batch_size,
                  limit=args.limit, ns=sorted(args.ns), accelerator=args.accelerator, threads=args.threads,
                  train_entropy=args.train_entropy,
                  latents_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-{_budget(e, st)}-s{s}.npy"),
-                 history_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-{_budget(e, st)}-s{s}.json"))
+                 history_out=args.save_latents and os.path.join(args.save_latents, f"{_slug(c)}-{_budget(e, st)}-s{s}.json"),
+                 fid=fid)
             for e, st in budgets for c in args.configs for s in args.seeds]
 
     import torch
@@ -146,12 +178,12 @@ def main(argv=None) -> int:
     if args.out:
         new = not os.path.exists(args.out)
         fh = open(args.out, "a", newline="")
-        writer = csv.DictWriter(fh, fields(sorted(args.ns)), extrasaction="ignore")
+        writer = csv.DictWriter(fh, fields(sorted(args.ns), samplers), extrasaction="ignore")
         if new:
             writer.writeheader()
 
     def emit(row):
-        print(fmt(row, sorted(args.ns)), flush=True)
+        print(fmt(row, sorted(args.ns), samplers), flush=True)
         if writer:
             writer.writerow(row)
             fh.flush()
