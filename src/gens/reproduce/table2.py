@@ -218,7 +218,7 @@ def _report(sec, s, rows, normal, fid_text, opts, fid_table=False):
                 f"{gen_d['bank_size']} (capped at the training set), kb = {gen_d['refresh_every']}" if gen_d else "")
              + (f"; overridden: {opts.module_kwargs}" if opts.module_kwargs else "") + f". FID: {fid_text}.")
     header = ["model", "seeds", "test recon MSE", *[f"H, N = {n}" for n in ns], "FID"]
-    table, checks = [], []
+    table = []
     for method in s["methods"]:
         ok_seeds = [sd for sd in seeds if (method, sd) in rows and rows[method, sd]["status"] == "ok"]
         bad = [f"seed {sd}: {rows[method, sd]['status']} {rows[method, sd].get('message', '')}".strip()
