@@ -65,11 +65,11 @@ def main() -> None:
     import torch
 
     from gens.bandwidth import optimal_bandwidth
-    from gens.cli.bandwidth import parse_target
+    from gens.targets import target_from_text
 
     torch.set_num_threads(args.threads)
     old = load_old(args.old_rev)
-    target = parse_target(args.target, args.dim)
+    target = target_from_text(args.target, args.dim)
     print(f"target={args.target} l={args.dim} trials={args.trials} seed={args.seed} threads={args.threads} "
           f"cpus={os.cpu_count()} load average at start={os.getloadavg()[0]:.1f}", flush=True)
 

@@ -255,11 +255,11 @@ def test_cli_single_estimate(capsys):
 
 
 def test_cli_table_format(capsys, monkeypatch):
-    import gens.cli.bandwidth as cli
     from gens.cli import main
+    from gens.reproduce import table1
 
-    monkeypatch.setattr(cli, "TABLE_DIMS", (2, 40))
-    monkeypatch.setattr(cli, "TABLE_SAMPLES", (250,))
+    monkeypatch.setattr(table1, "DIMS", (2, 40))
+    monkeypatch.setattr(table1, "SIZES", (250,))
     code = main(["bandwidth", "--table", "--trials", "2"])
     out = capsys.readouterr().out
     assert "| l \\ m | 250 |" in out

@@ -133,3 +133,26 @@ def test_validation_errors():
         StandardNormal(3).log_prob(torch.zeros(4, 2))
     with pytest.raises(ValueError, match="^spec:"):
         target_from_spec({"type": "uniform"})
+
+
+def test_one_target_grammar_for_runs_estimators_and_gens_bandwidth(tmp_path):
+    import json
+
+    from gens.runconfig import target_spec
+    from gens.targets import parse_target, target_from_text
+
+    for word in ("normal", "standard_normal", "n", "n01", " Normal "):
+        assert parse_target(word, 3) == {"type": "standard_normal", "dim": 3} == target_spec(word, 3)
+    assert parse_target("mog:4", 2) == {"type": "mixture_on_simplex", "n_components": 4, "dim": 2, "scale": 6.0}
+    assert target_from_text("mog:4:3", 2).spec() == mixture_on_simplex(4, 2, scale=3.0).spec()
+    assert parse_target(None, 2) is None
+    for bad in ("mog", "mog:", "mog:x", "mog:0", "mog:3:-1", "mog:3:inf", "mog:1:2:3", "gauss"):
+        with pytest.raises(ValueError, match="^target: must be 'normal', 'mog:K' or 'mog:K:SCALE'"):
+            parse_target(bad, 2)
+        with pytest.raises(ValueError, match="^target: .* or a JSON spec file"):
+            target_from_text(bad, 2)
+    spec = tmp_path / "t.json"
+    spec.write_text(json.dumps(mixture_on_simplex(3, 2).spec()))
+    assert target_from_text(str(spec), 2).n_components == 3
+    with pytest.raises(ValueError, match="^target: the spec in .* has dim 2"):
+        target_from_text(str(spec), 4)

@@ -9,7 +9,6 @@ silently do something else) later: a fixed ``bandwidth`` >= 1 (no shrunk target,
 
 from __future__ import annotations
 
-import math
 import os
 
 from gens import config as C
@@ -169,23 +168,11 @@ def _as_list(v):
 
 
 def target_spec(target: str | None, latent_dim: int) -> dict | None:
-    """``"normal"`` -> N(0, I_l); ``"mog:K"`` or ``"mog:K:SCALE"`` -> K unit-covariance modes whose means
-    are at least SCALE (default 6) apart (``gens.targets.mixture_on_simplex``). None -> None."""
-    if target is None:
-        return None
-    text = str(target).strip().lower()
-    if text in ("normal", "standard_normal", "n01"):
-        return {"type": "standard_normal", "dim": int(latent_dim)}
-    parts = text.split(":")
-    if parts[0] == "mog" and len(parts) in (2, 3):
-        try:
-            k = int(parts[1])
-            scale = float(parts[2]) if len(parts) == 3 else 6.0
-        except ValueError:
-            k, scale = 0, 0.0
-        if k >= 1 and scale > 0 and math.isfinite(scale):
-            return {"type": "mixture_on_simplex", "n_components": k, "dim": int(latent_dim), "scale": scale}
-    raise ValueError(f"target: must be 'normal', 'mog:K' or 'mog:K:SCALE' (K >= 1 modes, SCALE > 0), got {target!r}")
+    """The spec dict of a target string (``gens.targets.parse_target``'s grammar: normal | mog:K | mog:K:SCALE);
+    None -> None."""
+    from gens.targets import parse_target  # imports torch: called when a run is resolved, not for --help
+
+    return parse_target(target, latent_dim)
 
 
 def module_kwargs(cfg: dict) -> dict:

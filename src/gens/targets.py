@@ -27,7 +27,9 @@ __all__ = [
     "Gaussian",
     "StandardNormal",
     "mixture_on_simplex",
+    "parse_target",
     "target_from_spec",
+    "target_from_text",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -265,3 +267,47 @@ def target_from_spec(spec: dict) -> GaussianMixture:
     raise ValueError(
         f"spec: 'type' must be one of 'standard_normal', 'gaussian', 'mixture', 'mixture_on_simplex'; got {kind!r}"
     )
+
+
+# ---------------------------------------------------------------------------- the command-line grammar
+
+NORMAL_NAMES = ("normal", "standard_normal", "n", "n01")  # spellings of N(0, I_l)
+GRAMMAR = "'normal', 'mog:K' or 'mog:K:SCALE' (K >= 1 modes, SCALE > 0)"
+
+
+def parse_target(text: str | None, dim: int) -> dict | None:
+    """The target grammar of ``gens train --target``, ``gens bandwidth --target`` and the estimators'
+    ``target=``: ``"normal"`` -> N(0, I_dim); ``"mog:K"`` or ``"mog:K:SCALE"`` -> K unit-covariance modes whose
+    means are at least SCALE (default 6) apart (``mixture_on_simplex``). Returns the spec dict
+    (``target_from_spec``); None -> None. Torch is not needed to parse (only this module's import needs it)."""
+    if text is None:
+        return None
+    word = str(text).strip().lower()
+    if word in NORMAL_NAMES:
+        return {"type": "standard_normal", "dim": int(dim)}
+    parts = word.split(":")
+    if parts[0] == "mog" and len(parts) in (2, 3):
+        try:
+            k = int(parts[1])
+            scale = float(parts[2]) if len(parts) == 3 else 6.0
+        except ValueError:
+            k, scale = 0, 0.0
+        if k >= 1 and scale > 0 and math.isfinite(scale):
+            return {"type": "mixture_on_simplex", "n_components": k, "dim": int(dim), "scale": scale}
+    raise ValueError(f"target: must be {GRAMMAR}, got {text!r}")
+
+
+def target_from_text(text: str, dim: int) -> GaussianMixture:
+    """``parse_target``'s grammar, or the path of a JSON file holding a target spec, -> a target of dimension
+    ``dim``."""
+    from pathlib import Path
+
+    try:
+        return target_from_spec(parse_target(text, dim))
+    except ValueError:
+        if not Path(text).is_file():
+            raise ValueError(f"target: must be {GRAMMAR} or a JSON spec file, got {text!r}") from None
+    target = target_from_spec(json.loads(Path(text).read_text()))
+    if target.dim != dim:
+        raise ValueError(f"target: the spec in {text} has dim {target.dim}, but the latent dimension is {dim}")
+    return target

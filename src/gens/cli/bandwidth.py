@@ -11,11 +11,6 @@ DESCRIPTION = (
     "--table computes Table 1 (standard normal; l in 2..40, m in 250..8000) beside the paper's values."
 )
 
-TABLE_DIMS = (2, 5, 10, 20, 40)
-TABLE_SAMPLES = (250, 500, 1000, 2000, 4000, 8000)
-TOLERANCE = 0.03  # a cell reproduces the paper when |measured - paper| <= paper sd + TOLERANCE
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--dim", "-l", type=int, help="latent dimension l")
     parser.add_argument("--samples", "-m", type=int, help="bank size m (KDE samples)")
@@ -34,47 +29,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--table", action="store_true", help="compute the paper's Table 1 (takes minutes)")
 
 
-def parse_target(text: str, dim: int):
-    """'normal' | 'mog:K[:SCALE]' | path to a JSON spec -> a gens target of dimension ``dim``."""
-    import json
-    from pathlib import Path
+def _cell(value: dict, paper) -> tuple[str, bool]:
+    """Markdown cell 'measured / paper mark' of a ``gens.reproduce.table1.measure`` cell and whether it
+    reproduces the paper (``gens.reproduce.table1.within``)."""
+    from gens.reproduce.table1 import within
 
-    from gens.targets import StandardNormal, mixture_on_simplex, target_from_spec
-
-    if text in ("normal", "standard_normal", "n"):
-        return StandardNormal(dim)
-    if text.startswith("mog:"):
-        parts = text.split(":")[1:]
-        try:
-            k = int(parts[0])
-            scale = float(parts[1]) if len(parts) > 1 else 6.0
-        except (ValueError, IndexError):
-            raise ValueError(f"target: 'mog:K' or 'mog:K:SCALE' needs an integer K and a number SCALE, got {text!r}") \
-                from None
-        return mixture_on_simplex(k, dim, scale=scale)
-    if Path(text).is_file():
-        target = target_from_spec(json.loads(Path(text).read_text()))
-        if target.dim != dim:
-            raise ValueError(f"target: the spec in {text} has dim {target.dim}, but --dim is {dim}")
-        return target
-    raise ValueError(f"target: must be 'normal', 'mog:K', 'mog:K:SCALE' or a JSON spec file, got {text!r}")
-
-
-def _cell(result, paper) -> tuple[str, bool]:
-    """Markdown cell 'measured / paper mark' and whether it is within tolerance."""
-    if result.exceeds_one:
-        measured = ">1.0" + (f" ({result.h:.2f}±{result.std:.2f})" if math.isfinite(result.h) else "")
+    h, std = value["h"], value["std"]
+    if value["exceeds_one"]:
+        measured = ">1.0" + (f" ({h:.2f}±{std:.2f})" if math.isfinite(h) else "")
     else:
-        measured = f"{result.h:.2f}±{result.std:.2f}"
-    if paper is None:
-        ok = result.exceeds_one
-        return f"{measured} / >1.0 {'✓' if ok else '✗'}", ok
-    mean, sd = paper
-    ok = abs(result.h - mean) <= sd + TOLERANCE + 1e-9
-    return f"{measured} / {mean:.2f}±{sd:.2f} {'✓' if ok else '✗'}", ok
+        measured = f"{h:.2f}±{std:.2f}"
+    ok = within(value, paper)
+    paper_text = ">1.0" if paper is None else f"{paper[0]:.2f}±{paper[1]:.2f}"
+    return f"{measured} / {paper_text} {'✓' if ok else '✗'}", ok
 
 
 def run_table(args) -> int:
+    """The paper's Table 1 on the terminal: the cells of ``gens.reproduce.table1`` (DIMS x SIZES, its rule)."""
     import time
 
     from gens._validation import check_int
@@ -82,30 +53,30 @@ def run_table(args) -> int:
     check_int("trials", args.trials, minimum=1)
     from tqdm.auto import tqdm
 
-    from gens.bandwidth import PAPER_TABLE1, optimal_bandwidth_normal
+    from gens.reproduce import table1
 
-    cells = [(dim, m) for dim in TABLE_DIMS for m in TABLE_SAMPLES]
+    cells = [(dim, m) for dim in table1.DIMS for m in table1.SIZES]
     cost = {c: c[1] ** 2 * (c[0] + 8) for c in cells}  # work grows as m^2 (l + const)
     results, start = {}, time.perf_counter()
     with tqdm(total=sum(cost.values()), desc="Table 1", unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining}") as bar:
         for dim, m in cells:
             bar.set_postfix_str(f"l={dim} m={m}")
-            results[dim, m] = optimal_bandwidth_normal(
-                dim, m, trials=args.trials, method=args.method, seed=args.seed, cache=not args.no_cache,
-                warn=False, independent=args.independent, num_threads=args.threads or None)
+            results[dim, m] = table1.measure(dim, m, trials=args.trials, method=args.method, seed=args.seed,
+                                             cache=not args.no_cache, independent=args.independent,
+                                             num_threads=args.threads or None)
             bar.update(cost[dim, m])
     wall = time.perf_counter() - start
     within = 0
     print(f"Table 1: h_opt maximising the JSD between standard-normal sample sets ({args.trials} trials, "
           f"method={args.method}, {'independent' if args.independent else 'shared'} z'/z'', seed={args.seed}).")
-    print("Each cell: measured mean±sd / paper; ✓ when |measured - paper| <= paper sd + 0.03 "
+    print(f"Each cell: measured mean±sd / paper; ✓ when |measured - paper| <= paper sd + {table1.TOLERANCE} "
           "(>1.0 cells: ✓ when the measured h_opt is >= 1 too).\n")
-    print("| l \\ m | " + " | ".join(map(str, TABLE_SAMPLES)) + " |")
-    print("|---" * (len(TABLE_SAMPLES) + 1) + "|")
-    for dim in TABLE_DIMS:
+    print("| l \\ m | " + " | ".join(map(str, table1.SIZES)) + " |")
+    print("|---" * (len(table1.SIZES) + 1) + "|")
+    for dim in table1.DIMS:
         row = []
-        for m in TABLE_SAMPLES:
-            text, ok = _cell(results[dim, m], PAPER_TABLE1[dim][m])
+        for m in table1.SIZES:
+            text, ok = _cell(results[dim, m], table1.PAPER[dim][m])
             within += ok
             row.append(text)
         print(f"| {dim} | " + " | ".join(row) + " |")
@@ -121,11 +92,12 @@ def run(args) -> int:
         raise ValueError("dim: --dim and --samples are both required, unless --table is given")
     from gens._validation import check_int
     from gens.bandwidth import optimal_bandwidth
+    from gens.targets import target_from_text
 
     dim = check_int("dim", args.dim, minimum=1)
     samples = check_int("samples", args.samples, minimum=2)
     trials = check_int("trials", args.trials, minimum=1)
-    target = parse_target(args.target, dim)
+    target = target_from_text(args.target, dim)
     result = optimal_bandwidth(target, samples, trials=trials, method=args.method, seed=args.seed,
                                cache=not args.no_cache, progress=True, independent=args.independent,
                                num_threads=args.threads or None)

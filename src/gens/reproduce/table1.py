@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 
 from gens.bandwidth import PAPER_TABLE1 as PAPER  # PAPER[l][m] = (mean, sd), None for ">1.0"
-from gens.cli.bandwidth import TABLE_DIMS, TABLE_SAMPLES, TOLERANCE
 from gens.reproduce.report import Section, cell
 
-__all__ = ["PAPER", "FULL", "QUICK", "run", "within"]
+__all__ = ["DIMS", "FULL", "PAPER", "QUICK", "SIZES", "TOLERANCE", "measure", "run", "within"]
 
-FULL = dict(dims=TABLE_DIMS, sizes=TABLE_SAMPLES, trials=10, seed=0)
+DIMS = (2, 5, 10, 20, 40)  # the paper's latent dimensions l
+SIZES = (250, 500, 1000, 2000, 4000, 8000)  # the paper's bank sizes m
+TOLERANCE = 0.03  # a cell reproduces the paper when |measured - paper| <= paper sd + TOLERANCE
+FULL = dict(dims=DIMS, sizes=SIZES, trials=10, seed=0)
 QUICK = dict(dims=(2, 5, 10), sizes=(250, 500, 1000), trials=10, seed=0)
 
 
@@ -25,6 +27,15 @@ def within(value: dict, paper) -> bool:
     if paper is None:
         return bool(value["exceeds_one"])
     return abs(value["h"] - paper[0]) <= paper[1] + TOLERANCE + 1e-9
+
+
+def measure(l: int, m: int, trials: int = 10, seed: int = 0, method: str = "root", **kwargs) -> dict:
+    """One cell: ``optimal_bandwidth_normal(l, m, ...)`` as a dict {h, std, values, exceeds_one, seconds}
+    (``kwargs``: cache, cache_dir, independent, num_threads)."""
+    from gens.bandwidth import optimal_bandwidth_normal
+
+    r = optimal_bandwidth_normal(l, m, trials=trials, method=method, seed=seed, warn=False, **kwargs)
+    return {"h": r.h, "std": r.std, "values": r.values, "exceeds_one": r.exceeds_one, "seconds": r.seconds}
 
 
 def _text(v: dict) -> str:
@@ -38,8 +49,6 @@ def _paper_text(p) -> str:
 
 
 def run(opts, units, log) -> Section:
-    from gens.bandwidth import optimal_bandwidth_normal
-
     grid = {**(QUICK if opts.quick else FULL), **opts.table1}
     sec = Section("table1", "Table 1: optimal bandwidth h_opt(l, m)")
     values = {}
@@ -48,10 +57,7 @@ def run(opts, units, log) -> Section:
             settings = {"l": l, "m": m, "trials": grid["trials"], "seed": grid["seed"], "method": "root"}
 
             def compute(l=l, m=m):
-                r = optimal_bandwidth_normal(l, m, trials=grid["trials"], seed=grid["seed"], warn=False,
-                                             cache_dir=opts.cache_dir)
-                return {"h": r.h, "std": r.std, "values": r.values, "exceeds_one": r.exceeds_one,
-                        "seconds": r.seconds}
+                return measure(l, m, trials=grid["trials"], seed=grid["seed"], cache_dir=opts.cache_dir)
 
             values[l, m] = v = units.get_or_compute("table1", f"l{l}-m{m}", settings, compute)
             paper = _paper_text(PAPER[l][m]) if m in PAPER.get(l, {}) else "-"
@@ -71,8 +77,8 @@ def run(opts, units, log) -> Section:
             else:
                 row.append(cell(f"{_text(v)} / (not in the paper)"))
         rows.append(row)
-    scope = "all 30 cells of the paper's table" if set(grid["dims"]) >= set(TABLE_DIMS) and set(
-        grid["sizes"]) >= set(TABLE_SAMPLES) else "a subset of the paper's cells" + (" (`--quick`)" if opts.quick else "")
+    scope = "all 30 cells of the paper's table" if set(grid["dims"]) >= set(DIMS) and set(
+        grid["sizes"]) >= set(SIZES) else "a subset of the paper's cells" + (" (`--quick`)" if opts.quick else "")
     sec.text(f"h_opt maximising the eq. 2 JSD estimate between a bank of m standard-normal samples and m query "
              f"samples (root trapping on dJ/dh; {grid['trials']} trials, seed {grid['seed']}); {scope}. Rule: ✓ when "
              f"|measured - paper| <= paper sd + {TOLERANCE} (the paper's sds are rounded to 0.01); a \">1.0\" cell "
