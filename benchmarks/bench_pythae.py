@@ -52,7 +52,7 @@ def pythae_run(name: str, x, epochs: int, default_disc: bool, out_dir: str) -> l
     from pythae.trainers import AdversarialTrainer, AdversarialTrainerConfig, BaseTrainer, BaseTrainerConfig
     from pythae.trainers.training_callbacks import TrainingCallback
 
-    from gens.networks import MLPDecoder, MLPEncoder, _mlp
+    from gens.networks import MLPDecoder, MLPEncoder, mlp
 
     for logger in list(logging.root.manager.loggerDict):  # pythae logs its configs at INFO on every run
         if logger.startswith("pythae"):
@@ -78,7 +78,7 @@ def pythae_run(name: str, x, epochs: int, default_disc: bool, out_dir: str) -> l
     class Discriminator(BaseDiscriminator):
         def __init__(self):
             BaseDiscriminator.__init__(self)
-            self.net = _mlp([L_DIM, 1000, 1000, 1])
+            self.net = mlp([L_DIM, 1000, 1000, 1])
 
         def forward(self, z):
             return ModelOutput(embedding=torch.sigmoid(self.net(z)))

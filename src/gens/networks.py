@@ -25,12 +25,12 @@ from torch import nn
 
 from gens._validation import check_choice, check_int
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_networks", "choose_arch"]
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_networks", "choose_arch", "mlp"]
 
 ARCHS = ("auto", "fc", "conv")
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with ReLU between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -47,7 +47,7 @@ class MLPEncoder(nn.Module):
         super().__init__()
         self.data_shape = tuple(data_shape)
         d = math.prod(self.data_shape)
-        self.net = _mlp([d, *hidden, out_mult * latent_dim])
+        self.net = mlp([d, *hidden, out_mult * latent_dim])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
@@ -60,7 +60,7 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.data_shape = tuple(data_shape)
         d = math.prod(self.data_shape)
-        self.net = _mlp([latent_dim, *reversed(tuple(hidden)), d])
+        self.net = mlp([latent_dim, *reversed(tuple(hidden)), d])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(z)).view(z.shape[0], *self.data_shape)

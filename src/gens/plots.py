@@ -18,6 +18,8 @@ import numpy as np
 from gens._validation import check_int
 
 __all__ = [
+    "as_images",
+    "image_scale",
     "make_grid",
     "fidelity_curves",
     "image_grid",
@@ -39,7 +41,26 @@ def pyplot():
     return plt
 
 
-def _as_images(images) -> np.ndarray:
+def as_images(x, data_shape):
+    """x: (n, *data_shape) tensor/array -> numpy (n, C, H, W) for plotting, or None when the data are not
+    images (flat data whose size is not a square)."""
+    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
+    if len(data_shape) == 3:
+        return x.reshape(len(x), *data_shape)
+    if len(data_shape) == 2:
+        return x.reshape(len(x), 1, *data_shape)
+    d = int(np.prod(data_shape))
+    s = int(round(math.sqrt(d)))
+    return x.reshape(len(x), 1, s, s) if s * s == d else None
+
+
+def image_scale(data_shape) -> int:
+    """Pixel magnification for figures: 8x8 digits x4, MNIST x2, 64x64 x1."""
+    side = data_shape[-1] if len(data_shape) >= 2 else int(round(math.sqrt(data_shape[0])))
+    return int(min(4, max(1, 64 // max(1, side))))
+
+
+def _grid_images(images) -> np.ndarray:
     """images: (n, C, H, W) with C in {1, 3}, or (n, H, W) -> float array (n, H, W, C) clipped to [0, 1]."""
     x = np.asarray(images, dtype=np.float64)
     if x.ndim == 3:
@@ -57,7 +78,7 @@ def make_grid(images, nrow: int | None = None, pad: int = 1, pad_value: float = 
     images: (n, C, H, W) or (n, H, W), values in [0, 1]; nrow: images per row (default ceil(sqrt(n))).
     Returns (rows * (H + pad) + pad, nrow * (W + pad) + pad, C) with C 1 or 3.
     """
-    x = _as_images(images)
+    x = _grid_images(images)
     n, h, w, c = x.shape
     nrow = check_int("nrow", nrow if nrow is not None else math.ceil(math.sqrt(n)), minimum=1)
     pad = check_int("pad", pad, minimum=0)

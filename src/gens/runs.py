@@ -48,7 +48,6 @@ __all__ = [
     "DEFAULTS",
     "RESUME_OPTIONS",
     "RUN_OPTIONS",
-    "as_images",
     "default_out",
     "load_run",
     "module_kwargs",
@@ -296,27 +295,6 @@ def run_split(cfg: dict, split: str = "test", data: str | None = None, limit: in
     return x, y
 
 
-def as_images(x, data_shape):
-    """x: (n, *data_shape) tensor/array -> numpy (n, C, H, W) for plotting, or None when the data are not
-    images (flat data whose size is not a square)."""
-    import numpy as np
-
-    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
-    if len(data_shape) == 3:
-        return x.reshape(len(x), *data_shape)
-    if len(data_shape) == 2:
-        return x.reshape(len(x), 1, *data_shape)
-    d = int(np.prod(data_shape))
-    s = int(round(math.sqrt(d)))
-    return x.reshape(len(x), 1, s, s) if s * s == d else None
-
-
-def image_scale(data_shape) -> int:
-    """Pixel magnification for figures: 8x8 digits x4, MNIST x2, 64x64 x1."""
-    side = data_shape[-1] if len(data_shape) >= 2 else int(round(math.sqrt(data_shape[0])))
-    return int(min(4, max(1, 64 // max(1, side))))
-
-
 def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True, samplers=None) -> dict:
     """Write reconstructions / samples / latents / losses PNGs into ``out``; return summary metrics
     (test reconstruction MSE, latent statistics; with ``figures=False`` only these). ``samplers``: fitted
@@ -326,6 +304,7 @@ def write_figures(module, dm, out, cfg: dict, trainer=None, figures: bool = True
     import torch
 
     from gens import plots
+    from gens.plots import as_images, image_scale
     from gens.samplers import decode_draws
     from gens.training import encode_all
 

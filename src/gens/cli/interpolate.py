@@ -46,7 +46,8 @@ def run(args) -> int:
     from gens import plots
     from gens._validation import check_int
     from gens.cli._output import write_outputs
-    from gens.runs import as_images, image_scale, load_run, run_split
+    from gens.plots import as_images, image_scale
+    from gens.runs import load_run, run_split
 
     pairs = check_int("pairs", args.pairs, minimum=1)
     steps = check_int("steps", args.steps, minimum=2)

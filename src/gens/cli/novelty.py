@@ -256,8 +256,7 @@ def _write_figure(path: Path, x, score, data_shape, n: int = 100) -> None:
     import matplotlib.image as mpimg
     import numpy as np
 
-    from gens.plots import make_grid
-    from gens.runs import as_images, image_scale
+    from gens.plots import as_images, image_scale, make_grid
 
     order = np.argsort(score, kind="stable")
     n = min(n, len(order))

@@ -32,7 +32,8 @@ def run(args) -> int:
     from gens import plots
     from gens._validation import check_int
     from gens.cli._output import write_outputs
-    from gens.runs import as_images, image_scale, load_run, run_split
+    from gens.plots import as_images, image_scale
+    from gens.runs import load_run, run_split
 
     n = check_int("n", args.n, minimum=1)
     module, cfg = load_run(args.run, args.checkpoint)

@@ -41,7 +41,8 @@ def run(args) -> int:
     from gens import plots
     from gens._validation import check_int
     from gens.cli._output import check_memory, sample_bytes, write_outputs
-    from gens.runs import as_images, image_scale, load_run
+    from gens.plots import as_images, image_scale
+    from gens.runs import load_run
     from gens.samplers import decode_draws
 
     n = check_int("n", args.n, minimum=1)

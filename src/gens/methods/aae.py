@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from gens._validation import check_float
 from gens.methods.base import BaseAutoencoder, batch_x, make_target
-from gens.networks import _mlp
+from gens.networks import mlp
 
 __all__ = ["AAEModule"]
 
@@ -33,7 +33,7 @@ class AAEModule(BaseAutoencoder):
         self.automatic_optimization = False
         self.target = make_target(target_spec, self.latent_dim)
         self.lam = check_float("lam", lam, minimum=0.0)
-        self.discriminator = _mlp([self.latent_dim, *[int(h) for h in disc_hidden], 1])
+        self.discriminator = mlp([self.latent_dim, *[int(h) for h in disc_hidden], 1])
 
     def configure_optimizers(self):
         ae = [*self.encoder.parameters(), *self.decoder.parameters()]
