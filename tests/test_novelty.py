@@ -258,7 +258,7 @@ def test_cli_one_class_table_matches_saved_scores(tmp_path, capsys):
 
     out = tmp_path / "oc"
     assert _cli(["--one-class", "--data", "digits", "--digits", "1", "--method", "ae", "--epochs", "3",
-                 "--hidden", "32", "--latent-dim", "3", "--device", "cpu", "--out", str(out)]) == 0
+                 "--hidden", "32", "--latent-dim", "3", "--device", "cpu", "--out", str(out), "--per-pixel"]) == 0
     text = capsys.readouterr().out
     assert ("| class | train images | eq. 10 | eq. 10, per-pixel sigma | reconstruction | latent only | "
             "in-manifold only |") in text
@@ -280,3 +280,28 @@ def load_labels():
     from gens.data import load_dataset
 
     return load_dataset("digits", "train")[1]
+
+
+def test_one_class_budget_rule_and_experimental_pixel_noise(capsys):
+    """`gens novelty --one-class` trains with the budget rule (no epochs default: DEFAULT_STEPS steps) and reports
+    eq10_pixel only when asked (--per-pixel, experimental); the old import path still works."""
+    import argparse
+
+    from gens.cli.novelty import _budget_text, add_arguments
+    from gens.config import DEFAULT_STEPS
+    from gens.evaluation.novelty import one_class_protocol as old_path
+    from gens.evaluation.one_class import one_class_protocol
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--one-class"])
+    assert args.epochs is None and args.steps is None and _budget_text(args) == f"{DEFAULT_STEPS} steps"
+    assert _budget_text(p.parse_args(["--one-class", "--epochs", "3"])) == "3 epochs"
+    assert _budget_text(p.parse_args(["--one-class", "--epochs", "3", "--steps", "9"])) == "9 steps or 3 epochs"
+    assert old_path is one_class_protocol
+    r = one_class_protocol("digits", 1, "ae", steps=4, latent_dim=2, hidden=[8], train_limit=300, test_limit=100,
+                           device="cpu")
+    assert set(r["auroc"]) == {"eq10", "recon", "latent", "manifold"}
+    r = one_class_protocol("digits", 1, "ae", steps=4, latent_dim=2, hidden=[8], train_limit=300, test_limit=100,
+                           device="cpu", pixel_noise=True)
+    assert list(r["auroc"]) == ["eq10", "eq10_pixel", "recon", "latent", "manifold"]

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 import gens
 from gens.cli import main
 from gens.data import load_dataset
-from gens.evaluation.novelty import (
+from gens.evaluation.one_class import (
     ONE_CLASS_PARTS,
     one_class_estimator,
     one_class_scores,

@@ -14,7 +14,8 @@ DESCRIPTION = (
     "`gens novelty RUN [--data SRC]` writes scores.csv (score = -log p(x), higher = more novel, and every "
     "term) and novelty.png (left: the 100 least novel images, right: the 100 most novel; the paper's Fig. 4) "
     "into --out (default RUN/novelty). "
-    "`gens novelty --one-class --data mnist:DIR --digits 0-9 --epochs E` trains one model per digit on that "
+    "`gens novelty --one-class --data mnist:DIR --digits 0-9 [--steps S | --epochs E]` trains one model per digit "
+    "(the budget rule of `gens train`: default gens.config.DEFAULT_STEPS steps) on that "
     "digit's training images, scores the whole test split and prints the AUROC of the eq.-10 score, the "
     "reconstruction error, the latent density alone and the in-manifold density alone (log p(z') - 1/2 log "
     "det J^T J) as a markdown table. With --through-api it trains `gens.<METHOD>(...).fit(X[y == k])` instead "
@@ -22,7 +23,9 @@ DESCRIPTION = (
     "in-manifold part alone and of its reconstruction part alone, per class and their mean."
 )
 
-SCORES = ("eq10", "eq10_pixel", "recon", "latent", "manifold")  # columns of the one-class table
+# columns of the one-class table: name -> header (eq10_pixel only with --per-pixel: experimental)
+SCORES = {"eq10": "eq. 10", "eq10_pixel": "eq. 10, per-pixel sigma", "recon": "reconstruction",
+          "latent": "latent only", "manifold": "in-manifold only"}
 _PARTS = ("score", "log_px", "log_pz", "log_det", "log_noise", "recon_error")
 
 
@@ -38,15 +41,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--out", default=None, help="output folder (default: RUN/novelty; --one-class: print only)")
     a("--limit", type=int, default=None, help="score only the first N images (--one-class: of each split)")
     a("--inlier", type=int, default=None, help="label of the inlier class: also print AUROCs (novel = other)")
-    a("--per-pixel", action="store_true", help="per-pixel noise variances instead of eq. 10's sigma^2 I "
-      "(--one-class reports both)")
+    a("--per-pixel", action="store_true", help="experimental: per-pixel noise variances instead of eq. 10's "
+      "sigma^2 I (measured worse on MNIST, BENCHMARKS.md 'Novelty'); with --one-class: an extra column")
     a("--chunk-size", type=int, default=512, help="images per Jacobian chunk (bounds memory)")
     a("--device", default=None, help="cpu | cuda (default: cuda when available)")
     g = p.add_argument_group("one-class protocol")
     g.add_argument("--one-class", action="store_true", help="run the one-class protocol instead of scoring RUN")
     g.add_argument("--digits", default="0-9", help="classes, e.g. 0-9 or 1,3,7")
     g.add_argument("--method", default="gen", choices=["gen", "ae", "vae", "aae", "wae"], help="method to train")
-    g.add_argument("--epochs", type=int, default=12, help="training epochs per class")
+    from gens.config import DEFAULT_STEPS  # torch-free
+
+    g.add_argument("--steps", type=int, default=None, help="optimiser steps per class (default with neither: "
+                   f"{DEFAULT_STEPS}, gens.config.DEFAULT_STEPS; with --epochs: whichever ends first)")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs per class (alone: epochs only)")
     g.add_argument("--latent-dim", type=int, default=8, help="latent dimension l")
     g.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default: 1000 1000)")
     g.add_argument("--lam", type=float, default=None, help="regulariser weight (default: the method's)")
@@ -56,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="training seed")
     g.add_argument("--through-api", action="store_true", help="train each class's model with the scikit-learn "
                    "estimator (gens.GEN, ...) and score with its score_parts: AUROC of log p(x), in-manifold "
-                   "and reconstruction parts (gens.evaluation.novelty.one_class_estimator)")
+                   "and reconstruction parts (gens.evaluation.one_class.one_class_estimator)")
     g.add_argument("--sampler", default=None, choices=list(SAMPLERS), help="with --through-api: the latent "
                    "density p(z') of eq. 10 (default: analytic, the method's own; gaussian, gmm: ex-post fits)")
 
@@ -123,94 +130,109 @@ def _score_run(args) -> int:
     return 0
 
 
-def _one_class(args) -> int:
-    import numpy as np
+def _budget_text(args) -> str:
+    """The per-class budget as the tables' title says it (gens.training.budget's rule)."""
+    from gens.config import DEFAULT_STEPS
 
-    from gens.evaluation.novelty import one_class_protocol
+    parts = [f"{args.epochs} epochs"] if args.epochs is not None else []
+    if args.steps is not None or args.epochs is None:
+        parts.insert(0, f"{args.steps or DEFAULT_STEPS} steps")
+    return " or ".join(parts)
 
+
+def _one_class_options(args, through_api: bool) -> dict:
+    """The method options of a one-class run (those given); checks --data and --digits before any training."""
     if not args.data:
         raise ValueError("data: --one-class needs a labelled source, e.g. --data mnist:/path/to/mnist")
-    digits = parse_classes(args.digits)
-    options = {"hidden": args.hidden, "lam": args.lam, "bandwidth": args.bandwidth, "bank_size": args.bank_size}
-    kw = {k: v for k, v in options.items() if v is not None}
+    parse_classes(args.digits)
+    hidden = args.hidden if args.hidden is None or not through_api else tuple(args.hidden)
+    options = {"hidden": hidden, "lam": args.lam, "bandwidth": args.bandwidth, "bank_size": args.bank_size}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _one_class_table(args, columns: dict, run_class, title: str, name: str, write, files: str) -> int:
+    """Train and score every class (``run_class(k)`` -> a protocol result), print the markdown AUROC table
+    (``columns``: result key -> header) with its mean row, and with --out write NAME.json and, per class,
+    ``write(out, k, result)`` (``files``: what it writes, for the last line)."""
+    import numpy as np
+
     out = Path(args.out) if args.out else None
     rows = []
-    print(f"One-class novelty, {args.method.upper()}, l = {args.latent_dim}, {args.epochs} epochs, {args.data}; "
-          "AUROC (novel = every other class)\n")
-    print("| class | train images | eq. 10 | eq. 10, per-pixel sigma | reconstruction | latent only | "
-          "in-manifold only | train s | score s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for k in digits:
-        r = one_class_protocol(args.data, k, args.method, args.epochs, latent_dim=args.latent_dim,
-                               train_limit=args.limit, test_limit=args.limit, seed=args.seed,
-                               chunk_size=args.chunk_size, device=args.device, **kw)
+    print(title + "\n")
+    print("| class | train images | " + " | ".join(columns.values()) + " | train s | score s |")
+    print("|---" * (len(columns) + 4) + "|")
+    for k in parse_classes(args.digits):
+        r = run_class(k)
         a = r["auroc"]
-        rows.append({"digit": k, "n_train": r["n_train"], **a, "sigma2": r["sigma2"],
+        extra = {key: r[key] for key in ("sigma2", "noise_variance") if key in r}
+        rows.append({"digit": k, "n_train": r["n_train"], **a, **extra,
                      "train_seconds": r["train_seconds"], "score_seconds": r["score_seconds"]})
-        cells = " | ".join(f"{a[s]:.4f}" for s in SCORES)
+        cells = " | ".join(f"{a[s]:.4f}" for s in columns)
         print(f"| {k} | {r['n_train']} | {cells} | {r['train_seconds']:.0f} | {r['score_seconds']:.1f} |", flush=True)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            x_test = _test_images(args.data, args.limit)
-            _write_scores(out / f"scores_{k}.csv", r["parts"], r["labels"])
-            _write_figure(out / f"novelty_{k}.png", x_test, r["parts"]["score"], x_test.shape[1:])
-    mean = {s: float(np.mean([row[s] for row in rows])) for s in SCORES}
-    print(f"| mean | | {' | '.join(f'{mean[s]:.4f}' for s in SCORES)} | | |")
+            write(out, k, r)
+    mean = {s: float(np.mean([row[s] for row in rows])) for s in columns}
+    print(f"| mean | | {' | '.join(f'{mean[s]:.4f}' for s in columns)} | | |")
     if out is not None:
-        (out / "one_class.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
-                                                                 if not k.startswith("_")},
-                                                        "rows": rows, "mean": mean}, indent=2))
-        print(f"\nwrote {out}/one_class.json, scores_K.csv and novelty_K.png")
+        (out / f"{name}.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
+                                                               if not k.startswith("_")},
+                                                      "rows": rows, "mean": mean}, indent=2))
+        print(f"\nwrote {out}/{name}.json, {files}")
     return 0
 
 
-API_SCORES = ("log_px", "in_manifold", "reconstruction")  # columns of the --through-api table
+def _one_class(args) -> int:
+    from gens.evaluation.one_class import one_class_protocol
+
+    kw = _one_class_options(args, through_api=False)
+    columns = {k: v for k, v in SCORES.items() if args.per_pixel or k != "eq10_pixel"}
+
+    def run_class(k):
+        return one_class_protocol(args.data, k, args.method, args.epochs, steps=args.steps,
+                                  latent_dim=args.latent_dim, train_limit=args.limit, test_limit=args.limit,
+                                  seed=args.seed, chunk_size=args.chunk_size, device=args.device,
+                                  pixel_noise=args.per_pixel, **kw)
+
+    def write(out, k, r):
+        x_test = _test_images(args.data, args.limit)
+        _write_scores(out / f"scores_{k}.csv", r["parts"], r["labels"])
+        _write_figure(out / f"novelty_{k}.png", x_test, r["parts"]["score"], x_test.shape[1:])
+
+    title = (f"One-class novelty, {args.method.upper()}, l = {args.latent_dim}, {_budget_text(args)}, {args.data}; "
+             "AUROC (novel = every other class)")
+    return _one_class_table(args, columns, run_class, title, "one_class", write, "scores_K.csv and novelty_K.png")
+
+
+API_SCORES = {"log_px": "log p(x), eq. 10", "in_manifold": "in-manifold only",
+              "reconstruction": "reconstruction only"}  # columns of the --through-api table
 
 
 def _one_class_api(args) -> int:
-    import numpy as np
+    from gens.evaluation.one_class import one_class_estimator
 
-    from gens.evaluation.novelty import one_class_estimator
-
-    if not args.data:
-        raise ValueError("data: --one-class needs a labelled source, e.g. --data mnist:/path/to/mnist")
     if args.per_pixel:
         raise ValueError("per_pixel: not with --through-api (the estimators' eq. 10 uses sigma^2 I)")
-    digits = parse_classes(args.digits)
-    options = {"hidden": None if args.hidden is None else tuple(args.hidden), "lam": args.lam,
-               "bandwidth": args.bandwidth, "bank_size": args.bank_size}
-    kw = {k: v for k, v in options.items() if v is not None}
+    kw = _one_class_options(args, through_api=True)
     accelerator = {None: "auto", "cpu": "cpu", "cuda": "gpu"}.get(args.device, args.device)
     sampler = args.sampler or "analytic"
-    out = Path(args.out) if args.out else None
-    rows = []
-    print(f"One-class novelty through the estimator API, {args.method.upper()}, l = {args.latent_dim}, "
-          f"{args.epochs} epochs, {args.data}, p(z') {sampler}; AUROC of score_parts (inliers = the class, "
-          "positive; higher = more typical)\n")
-    print("| class | train images | log p(x), eq. 10 | in-manifold only | reconstruction only | train s | score s |")
-    print("|---|---|---|---|---|---|---|")
-    for k in digits:
-        r = one_class_estimator(args.data, k, args.method, args.epochs, latent_dim=args.latent_dim,
-                                train_limit=args.limit, test_limit=args.limit, seed=args.seed, sampler=sampler,
-                                chunk_size=args.chunk_size, accelerator=accelerator, **kw)
-        a = r["auroc"]
-        rows.append({"digit": k, "n_train": r["n_train"], **a, "noise_variance": r["noise_variance"],
-                     "train_seconds": r["train_seconds"], "score_seconds": r["score_seconds"]})
-        cells = " | ".join(f"{a[s]:.4f}" for s in API_SCORES)
-        print(f"| {k} | {r['n_train']} | {cells} | {r['train_seconds']:.0f} | {r['score_seconds']:.1f} |", flush=True)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            _write_api_scores(out / f"api_scores_{k}.csv", r["scores"], r["labels"])
-            x_test = _test_images(args.data, args.limit)
-            _write_figure(out / f"api_novelty_{k}.png", x_test, -r["scores"]["log_px"], x_test.shape[1:])
-    mean = {s: float(np.mean([row[s] for row in rows])) for s in API_SCORES}
-    print(f"| mean | | {' | '.join(f'{mean[s]:.4f}' for s in API_SCORES)} | | |")
-    if out is not None:
-        (out / "one_class_api.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
-                                                                     if not k.startswith("_")},
-                                                            "rows": rows, "mean": mean}, indent=2))
-        print(f"\nwrote {out}/one_class_api.json, api_scores_K.csv and api_novelty_K.png")
-    return 0
+
+    def run_class(k):
+        return one_class_estimator(args.data, k, args.method, args.epochs, steps=args.steps,
+                                   latent_dim=args.latent_dim, train_limit=args.limit, test_limit=args.limit,
+                                   seed=args.seed, sampler=sampler, chunk_size=args.chunk_size,
+                                   accelerator=accelerator, **kw)
+
+    def write(out, k, r):
+        _write_api_scores(out / f"api_scores_{k}.csv", r["scores"], r["labels"])
+        x_test = _test_images(args.data, args.limit)
+        _write_figure(out / f"api_novelty_{k}.png", x_test, -r["scores"]["log_px"], x_test.shape[1:])
+
+    title = (f"One-class novelty through the estimator API, {args.method.upper()}, l = {args.latent_dim}, "
+             f"{_budget_text(args)}, {args.data}, p(z') {sampler}; AUROC of score_parts (inliers = the class, "
+             "positive; higher = more typical)")
+    return _one_class_table(args, API_SCORES, run_class, title, "one_class_api", write,
+                            "api_scores_K.csv and api_novelty_K.png")
 
 
 def _write_api_scores(path: Path, scores: dict, labels) -> None:
