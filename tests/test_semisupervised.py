@@ -230,9 +230,12 @@ def test_fig3_projection_and_png(tmp_path):
 
 
 def test_runner_cli_prints_a_markdown_row(tmp_path, capsys):
-    """The protocol end to end on digits (1 epoch, tiny nets): the row's numbers are the JSON's."""
+    """`gens semisupervised`: the protocol end to end on digits (1 epoch, tiny nets): the row's numbers are the
+    JSON's."""
+    from gens.cli import main as gens_main
+
     log = tmp_path / "res.jsonl"
-    assert main(["--data", "digits", "--labels", "50", "--unlabelled", "450", "--epochs", "1", "--hidden", "16",
+    assert gens_main(["semisupervised", "--data", "digits", "--labels", "50", "--unlabelled", "450", "--epochs", "1", "--hidden", "16",
                  "--bandwidth", "0.6", "--bank-size", "200", "--limit-test", "200", "--accelerator", "cpu",
                  "--figure", str(tmp_path / "f.png"), "--json", str(log)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -242,6 +245,28 @@ def test_runner_cli_prints_a_markdown_row(tmp_path, capsys):
     assert res["n_labels"] == 50 and res["n_unlabelled"] == 450 and 0.0 <= res["test_accuracy"] <= 1.0
     assert res["test_error"] == pytest.approx(1 - res["test_accuracy"])
     assert (tmp_path / "f.png").is_file()
+
+
+def test_semisupervised_command_defaults_come_from_gens_config(capsys):
+    """`gens semisupervised`'s options left out are the module's (gens.config), its budget is the budget rule,
+    its --help is torch-free; the old `python -m gens.evaluation.semisupervised` forwards to it."""
+    import subprocess
+    import sys
+
+    from gens import config as C
+    from gens.cli import build_parser
+    from gens.cli.semisupervised import _MODULE_OPTIONS
+
+    args = build_parser().parse_args(["semisupervised"])
+    assert not any(hasattr(args, k) for k in _MODULE_OPTIONS)  # left to SemiSupervisedGENModule's defaults
+    assert args.epochs is None and args.steps is None and args.latent_dim == [C.TrainConfig.latent_dim]
+    assert build_parser().parse_args(["semisupervised", "--bank-size", "500"]).bank_size == 500
+    out = subprocess.run([sys.executable, "-c", "import sys; from gens.cli import build_parser; "
+                          "build_parser().parse_args(['semisupervised', '--labels', '10']); print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert main(["--data", "digits", "--labels", "50", "--epochs", "0"]) == 2
+    assert "gens semisupervised: error: max_epochs:" in capsys.readouterr().err
 
 
 def test_gens_train_cli_target_mog_modes_labels(tmp_path, capsys):

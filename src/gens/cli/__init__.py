@@ -23,6 +23,7 @@ COMMANDS = (
     "reconstruct",
     "interpolate",
     "novelty",
+    "semisupervised",
     "evaluate",
     "reproduce",
 )

@@ -14,15 +14,15 @@ The protocol (the paper: MNIST, 10 modes, 10K labelled + 40K unlabelled, m = 10K
 3. A ``SemiSupervisedGENModule`` is trained (``gens.training.train``); the test accuracy is the share of
    test samples whose most probable component is their label.
 
-Command line (prints a markdown table, one row per (labels, latent_dim); ``--figure`` writes Fig. 3 per row)::
+Command line (``gens semisupervised``, ``gens.cli.semisupervised``; prints a markdown table, one row per
+(labels, latent_dim); ``--figure`` writes Fig. 3 per row)::
 
-    python -m gens.evaluation.semisupervised --data mnist:/data/mnist --labels 10000 1000 100 \
+    gens semisupervised --data mnist:/data/mnist --labels 10000 1000 100 \
         --latent-dim 8 2 --epochs 50 --accelerator auto --figure fig3.png
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ import numpy as np
 
 from gens._validation import check_float, check_int
 
-__all__ = ["semisupervised_protocol", "split_semisupervised", "fig3", "mode_projection", "markdown_row", "HEADER", "main"]
+__all__ = ["semisupervised_protocol", "split_semisupervised", "fig3", "mode_projection", "markdown_row", "HEADER"]
 
 HEADER = ("| data | labels | unlabelled | l | epochs trained | seed | test acc | test error | unlabelled acc | recon MSE "
           "| h | minutes |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -92,7 +92,8 @@ def _datamodule(x_train, y_train, x_val, y_val, x_test, y_test, batch_size: int,
 
 
 def semisupervised_protocol(source: str, n_labels: int, n_unlabelled: int, modes: int = 10, latent_dim: int = 8,
-                            epochs: int = 50, seed: int = 0, *, n_val: int | None = None, batch_size: int = 100,
+                            epochs: int | None = None, seed: int = 0, *, steps: int | None = None,
+                            n_val: int | None = None, batch_size: int = 100,
                             accelerator: str = "auto", devices=1, figure=None, progress: bool = False,
                             limit_test: int | None = None, max_minutes: float | None = None,
                             **module_kwargs) -> dict:
@@ -101,18 +102,19 @@ def semisupervised_protocol(source: str, n_labels: int, n_unlabelled: int, modes
     ``module_kwargs`` go to ``SemiSupervisedGENModule`` (lam, sup_weight, supervision, labelled_batch,
     bank_size, hidden, arch, mode_scale, ...). ``figure``: path of the Fig. 3 PNG (test latents coloured by
     label over the target's density). ``max_minutes``: stop training after this wall time (Lightning's
-    ``max_time``; ``epochs_trained`` says how far it got). Returns a dict: test_accuracy, test_error,
+    ``max_time``; ``epochs_trained`` says how far it got). Budget: ``epochs`` / ``steps`` as
+    ``gens.training.train`` takes them (neither: ``gens.training.DEFAULT_STEPS`` steps). Returns a dict: test_accuracy, test_error,
     unlabelled_accuracy (the training samples without labels), labelled_accuracy, val_accuracy, recon_mse
     (test, per pixel), bandwidth, seconds, epochs_trained and the settings.
     """
     import torch
 
     from gens.data import load_dataset
-    from gens.training import train
+    from gens.training import budget, train
 
     modes = check_int("modes", modes, minimum=2)
     latent_dim = check_int("latent_dim", latent_dim, minimum=1)
-    epochs = check_int("epochs", epochs, minimum=1)
+    budget(epochs, steps)  # a bad budget fails before the data are read
     x, y = load_dataset(source, "train")
     if y is None:
         raise ValueError(f"source: {source} has no labels; the semi-supervised protocol needs them")
@@ -131,7 +133,8 @@ def semisupervised_protocol(source: str, n_labels: int, n_unlabelled: int, modes
         trainer_kwargs["max_time"] = {"seconds": check_float("max_minutes", max_minutes, minimum=0.0,
                                                              min_inclusive=False) * 60}
     start = time.perf_counter()
-    module, trainer = train("semisupervised", dm, latent_dim=latent_dim, max_epochs=epochs, batch_size=batch_size,
+    module, trainer = train("semisupervised", dm, latent_dim=latent_dim, max_epochs=epochs, max_steps=steps,
+                            batch_size=batch_size,
                             seed=seed, trainer_kwargs=trainer_kwargs, n_modes=modes, **module_kwargs)
     seconds = time.perf_counter() - start
     module = module.eval()
@@ -147,7 +150,7 @@ def semisupervised_protocol(source: str, n_labels: int, n_unlabelled: int, modes
     val_pred = module.predict(t(x[val_idx])).numpy() if len(val_idx) else np.zeros(0, dtype=np.int64)
     res = {
         "data": source, "n_labels": int(labelled.sum()), "n_unlabelled": int((~labelled).sum()), "modes": modes,
-        "latent_dim": latent_dim, "epochs": epochs, "epochs_trained": int(trainer.current_epoch), "seed": seed,
+        "latent_dim": latent_dim, "epochs": epochs, "steps": steps, "epochs_trained": int(trainer.current_epoch), "seed": seed,
         "test_accuracy": float((pred_test == y_test).mean()),
         "unlabelled_accuracy": _acc(pred_train[~labelled], y_train[~labelled]),
         "labelled_accuracy": _acc(pred_train[labelled], y_train[labelled]),
@@ -227,65 +230,13 @@ def markdown_row(res: dict) -> str:
             f"{res['seconds'] / 60:.1f} |")
 
 
-def _suffixed(path, n_labels: int, latent_dim: int, many: bool) -> Path | None:
-    if path is None:
-        return None
-    path = Path(path)
-    return path.with_name(f"{path.stem}_labels{n_labels}_l{latent_dim}{path.suffix}") if many else path
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gens.evaluation.semisupervised",
-                                description="Semi-supervised GEN (paper Sec. 5.4): test accuracy as a markdown table.")
-    p.add_argument("--data", default="digits", help="labelled source with a test split (mnist:DIR, digits, ...)")
-    p.add_argument("--labels", type=int, nargs="+", default=[10000], help="labelled training samples (one run each)")
-    p.add_argument("--unlabelled", type=int, default=None,
-                   help="unlabelled training samples (default: 50000 - labels, capped at the data)")
-    p.add_argument("--modes", type=int, default=10, help="mixture components (classes)")
-    p.add_argument("--latent-dim", type=int, nargs="+", default=[8], help="latent dimension(s) l")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lam", type=float, default=None, help="weight of the JSD term (default: the GEN's)")
-    p.add_argument("--sup-weight", type=float, default=None, help="weight of the supervised term")
-    p.add_argument("--supervision", choices=["ce", "nll"], default=None)
-    p.add_argument("--labelled-batch", type=int, default=None, help="labelled samples drawn per step")
-    p.add_argument("--bank-size", type=int, default=10000)
-    p.add_argument("--mode-scale", type=float, default=None, help="smallest distance between mode means")
-    p.add_argument("--bandwidth", type=float, default=None, help="kernel bandwidth h (default: h_opt of the mixture)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths of the FC networks")
-    p.add_argument("--no-leave-one-out", dest="leave_one_out", action="store_const", const=False, default=None,
-                   help="keep a minibatch's own samples in the bank (how the session-2 results were measured)")
-    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test samples")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop each run's training after this wall time")
-    p.add_argument("--arch", default="auto", choices=["auto", "fc", "conv"])
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--figure", default=None, help="Fig. 3 PNG path (suffixed per run when there are several)")
-    p.add_argument("--json", default=None, help="also append each result as one JSON line to this file")
-    p.add_argument("--progress", action="store_true")
-    a = p.parse_args(argv)
-    extra = {k: v for k, v in (("lam", a.lam), ("sup_weight", a.sup_weight), ("supervision", a.supervision),
-                               ("labelled_batch", a.labelled_batch), ("mode_scale", a.mode_scale),
-                               ("bandwidth", a.bandwidth), ("hidden", a.hidden), ("leave_one_out", a.leave_one_out))
-             if v is not None}
-    from gens.data import load_dataset
+    """The old ``python -m gens.evaluation.semisupervised ARGS``: now ``gens semisupervised ARGS``."""
+    import sys
 
-    n_avail = len(load_dataset(a.data, "train")[0])
-    runs = [(n, l) for n in a.labels for l in a.latent_dim]
-    print(HEADER, flush=True)
-    for n_labels, l in runs:
-        n_unl = a.unlabelled if a.unlabelled is not None else max(0, min(50000, n_avail) - n_labels)
-        res = semisupervised_protocol(a.data, n_labels, n_unl, a.modes, l, a.epochs, a.seed, batch_size=a.batch_size,
-                                      accelerator=a.accelerator, progress=a.progress, bank_size=a.bank_size,
-                                      limit_test=a.limit_test, max_minutes=a.max_minutes,
-                                      arch=a.arch, figure=_suffixed(a.figure, n_labels, l, len(runs) > 1), **extra)
-        print(markdown_row(res), flush=True)
-        if a.json:
-            import json
+    from gens.cli import main as gens_main
 
-            with open(a.json, "a") as f:
-                f.write(json.dumps(res) + "\n")
-    return 0
+    return gens_main(["semisupervised", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
