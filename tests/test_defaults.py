@@ -180,3 +180,29 @@ def test_budget_options_and_their_errors():
             resolve_config({opt: 0})
     with pytest.raises(ValueError, match="^max_steps:"):
         E.AE(latent_dim=1, max_steps=0).fit([[0.0, 1.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("method", ["gen", "semisupervised"])
+def test_experimental_options_are_module_keywords_only(method, tmp_path):
+    """query_noise and bank_reshuffle (measured: no effect) are not gens train flags, run options or estimator
+    parameters; the module still takes them, so old checkpoints and run folders holding them load."""
+    from gens.runs import load_run, train_run
+    from gens.runconfig import resolve_config
+
+    experimental = C.experimental_options(method)
+    assert set(experimental) == {"query_noise", "bank_reshuffle"}
+    help_text = _train_parser().format_help()
+    params = ESTIMATORS[method]().get_params()
+    for name in experimental:
+        assert name not in RUN_FIELDS and name not in params and name in method_parameters(method)
+        assert f"--{name.replace('_', '-')}" not in help_text
+    if method != "gen":
+        return
+    assert _module_hparams(method, query_noise=True, bank_reshuffle=True)["query_noise"] is True
+    run = tmp_path / "old"  # a run folder whose config.json (an older gens) holds the experimental keys
+    train_run(resolve_config({"method": "gen", "data": "digits", "steps": 2, "hidden": [8], "latent_dim": 2,
+                              "limit": 120, "bank_size": 50, "accelerator": "cpu"}), run, progress=False)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "query_noise": False, "bank_reshuffle": False}))
+    module, loaded = load_run(run)
+    assert loaded["query_noise"] is False and module.query_noise is False

@@ -21,6 +21,9 @@ config; its metadata says where it appears:
 - ``choices``: allowed values (a tuple, or a ``gens.registry.Registry`` whose names count at call time),
 - ``flag`` / ``action``: a CLI spelling other than ``--name`` (``--no-leave-one-out``, store_true),
 - ``type`` / ``nargs`` / ``metavar``: for the CLI when the default does not say (None defaults).
+- ``experimental``: measured to change nothing (or to harm), kept for the record: a keyword of the module
+  constructor only (never a ``gens train`` flag, a run option or an estimator parameter), listed by
+  ``experimental_options(method)``. Old run folders and checkpoints holding such keys still load.
 
 The budget: ``DEFAULT_STEPS`` optimiser steps when neither ``max_epochs`` nor ``max_steps`` is given
 (``gens.training.budget``); ``max_epochs`` alone means epochs only, both mean whichever comes first.
@@ -49,6 +52,7 @@ __all__ = [
     "WAEConfig",
     "defaults",
     "estimator_options",
+    "experimental_options",
     "meta",
     "method_defaults",
     "option",
@@ -70,11 +74,14 @@ GEN_COVERAGE = 1.0  # gens.methods.gen.DEFAULT_COVERAGE: without it the latents 
 
 def option(default, help: str, *, cli: bool = True, estimator: bool = True, module: bool = True,
            run_name: str | None = None, choices=None, flag: str | None = None, action: str | None = None,
-           type=None, nargs=None, metavar=None):
+           type=None, nargs=None, metavar=None, experimental: bool = False):
     """A config field: ``default`` plus where the option appears and how (see the module docstring)."""
+    if experimental:  # the module's keyword alone
+        cli = estimator = False
     return field(default=default, metadata={
         "help": help, "cli": cli, "estimator": estimator, "module": module, "run_name": run_name,
-        "choices": choices, "flag": flag, "action": action, "type": type, "nargs": nargs, "metavar": metavar})
+        "choices": choices, "flag": flag, "action": action, "type": type, "nargs": nargs, "metavar": metavar,
+        "experimental": experimental})
 
 
 def meta(f: dataclasses.Field) -> dict:
@@ -145,12 +152,12 @@ class GENConfig(NetworkConfig):
     bank_mode: str = option("refresh", "GEN: latent bank", choices=BANKS)
     bank_size: int = option(10000, "GEN: bank size m, capped at the data")
     refresh_every: int = option(10, "GEN: re-encode the bank every kb batches")
-    bank_reshuffle: bool = option(False, "GEN: draw a new bank sample set every epoch (measured: no effect)",
-                                  cli=False, estimator=False)
+    bank_reshuffle: bool = option(False, "GEN, experimental: draw a new bank sample set every epoch (measured: no "
+                                  "effect beyond seed noise, BENCHMARKS.md)", experimental=True)
     eps: float | None = option(None, "GEN: density floor of the kl objective (None: 1e-3 x the target's peak)",
                                cli=False, estimator=False)
-    query_noise: bool = option(False, "GEN: evaluate eq. 3 at z' + h eps (measured: no effect)", cli=False,
-                               estimator=False)
+    query_noise: bool = option(False, "GEN, experimental: evaluate eq. 3 at z' + h eps (measured: no effect beyond "
+                               "seed noise, BENCHMARKS.md)", experimental=True)
     bandwidth_scale: float = option(GEN_BANDWIDTH_SCALE, "GEN: multiply h_opt by this factor in (0, 1] (see "
                                     "BENCHMARKS.md)")
     leave_one_out: bool = option(True, "GEN: leave a minibatch's own samples out of the bank when eq. 3 is "
@@ -265,3 +272,8 @@ def estimator_options(method: str) -> dict:
     out.update({k: m for k, m in options(TrainConfig).items() if k != "latent_dim"})
     out.update({k: m for k, m in options(EstimatorConfig).items() if k != "target"})
     return out
+
+
+def experimental_options(method: str) -> dict:
+    """name -> metadata of ``method``'s experimental options (module keywords only; see the module docstring)."""
+    return {k: m for k, m in options(METHOD_CONFIGS[method]).items() if m["experimental"]}

@@ -23,9 +23,6 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * (J + coverage 
   default), ``"kl"`` (log(p_e + eps) - log(p_t + eps), eps = ``eps`` or 1e-3 times the target's peak
   density). See ``gens.divergence.gen_jsd_term``. Any name registered with
   ``gens.divergence.register_objective`` is accepted too.
-- ``query_noise=True`` evaluates J at z' + h * eps, eps ~ N(0, I) (training only): the term of the
-  kernel-smoothed latents q * G_h, whose density the bank's KDE estimates. For the literal form this is the
-  gradient of the JSD between q * G_h and p_t with the bank held fixed; the stationary point is unchanged.
 - ``lam`` weighs J against the per-pixel mean squared error, so its meaning does not depend on the
   image size (the paper's lambda multiplies a per-image sum).
 - The bank (``gens.bank.LatentBank``), kept by the strategy ``bank_strategy`` = ``gens.bank.BANKS[bank_mode]``
@@ -33,8 +30,7 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * (J + coverage 
   see, the checkpoint state; ``gens.bank.register_bank`` adds one): ``"refresh"`` (the paper) re-encodes m
   training samples without gradients every ``refresh_every`` (kb) minibatches; ``"queue"`` keeps the
   detached latents of the most recent minibatches (first filled by encoding m samples). m = ``bank_size``
-  is capped at the number of training samples, with a warning. ``bank_reshuffle=True`` draws a new set of
-  m samples every epoch. Samples come from ``trainer.datamodule.train_tensor()`` or else the train
+  is capped at the number of training samples, with a warning. Samples come from ``trainer.datamodule.train_tensor()`` or else the train
   dataloader's dataset. Checkpoints keep the strategy's state and the batch counter (``gen_bank``).
 - ``leave_one_out=True`` drops from the bank, for each training minibatch, the rows the strategy hides from
   it (``BankStrategy.hidden_rows``; refresh mode: the rows that encode the minibatch's own samples, matched
@@ -51,6 +47,14 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * (J + coverage 
   price of a noisier KDE (measured in BENCHMARKS.md, "Training defaults").
 - Generation (Sec. 4): ``latent_distribution()`` is p_t shrunk by the kernel (N(0, (1 - h^2) I) for
   N(0, I); every mixture component's covariance minus h^2 I); ``sample`` decodes draws from it.
+
+Experimental (``gens.config.experimental_options``: keywords of this module only, not ``gens train`` flags or
+estimator parameters; measured to change nothing beyond seed noise, BENCHMARKS.md "Training defaults"):
+
+- ``query_noise=True`` evaluates J at z' + h * eps, eps ~ N(0, I) (training only): the term of the
+  kernel-smoothed latents q * G_h, whose density the bank's KDE estimates. For the literal form this is the
+  gradient of the JSD between q * G_h and p_t with the bank held fixed; the stationary point is unchanged.
+- ``bank_reshuffle=True`` draws a new set of m bank samples every epoch.
 
 Extra logged values: ``z_abs`` (mean |z'| of the minibatch; a runaway shows here first).
 """
