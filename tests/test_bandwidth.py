@@ -206,7 +206,9 @@ def test_cache_roundtrip(tmp_path, monkeypatch):
 
 def test_distances_recomputed_over_budget_give_the_same_result(monkeypatch):
     stored = optimal_bandwidth_normal(4, 200, trials=2, cache=False)
-    monkeypatch.setattr(bw, "_STORE_BUDGET", 100)
+    import gens._bandwidth_trial as trial
+
+    monkeypatch.setattr(trial, "_STORE_BUDGET", 100)
     recomputed = optimal_bandwidth_normal(4, 200, trials=2, cache=False)
     assert recomputed.values == pytest.approx(stored.values, abs=1e-9)
 
