@@ -30,3 +30,19 @@ def kernel_block_sizes(monkeypatch):
 
     monkeypatch.setattr(kde, "_log_kernel_block", spy)
     return sizes
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run folder: an AE trained for one epoch on digits (tests/test_fid*.py)."""
+    from gens.runs import resolve_config, train_run
+
+    run = tmp_path_factory.mktemp("run") / "ae"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(resolve_config({"method": "ae", "data": "digits", "epochs": 1, "hidden": [16], "latent_dim": 3}),
+                  run, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return run

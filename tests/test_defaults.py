@@ -186,8 +186,8 @@ def test_budget_options_and_their_errors():
 def test_experimental_options_are_module_keywords_only(method, tmp_path):
     """query_noise and bank_reshuffle (measured: no effect) are not gens train flags, run options or estimator
     parameters; the module still takes them, so old checkpoints and run folders holding them load."""
-    from gens.runs import load_run, train_run
     from gens.runconfig import resolve_config
+    from gens.runs import load_run, train_run
 
     experimental = C.experimental_options(method)
     assert set(experimental) == {"query_noise", "bank_reshuffle"}
