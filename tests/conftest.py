@@ -46,3 +46,20 @@ def tiny_run(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return run
+
+
+@pytest.fixture
+def crash_at():
+    """``crash_at(step)``: a Lightning callback that raises RuntimeError("simulated crash") before the training
+    batch at global step ``step`` (an in-process stand-in for a crash)."""
+    from lightning.pytorch import Callback
+
+    class CrashAt(Callback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == self.step:
+                raise RuntimeError("simulated crash")
+
+    return CrashAt

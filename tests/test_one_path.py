@@ -114,15 +114,8 @@ def test_an_old_run_folder_resumes_on_epochs_alone(cli_run, tmp_path):
                  load_checkpoint(old / "checkpoints" / "last.ckpt")["state_dict"], "old run folder")
 
 
-def test_a_steps_run_interrupted_mid_epoch_resumes_exactly(tmp_path):
-    from lightning.pytorch import Callback
-
+def test_a_steps_run_interrupted_mid_epoch_resumes_exactly(tmp_path, crash_at):
     from gens.runs import resolve_config, train_run
-
-    class CrashAt(Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 11:
-                raise RuntimeError("simulated crash")
 
     # 6 batches of 50 an epoch; 16 steps end in epoch 2; checkpoints after batches 4 and 8 (epoch 1, batch 2)
     cfg = resolve_config({"data": "digits", "limit": LIMIT, "batch_size": 50, "steps": 16, "hidden": [16],
@@ -130,7 +123,7 @@ def test_a_steps_run_interrupted_mid_epoch_resumes_exactly(tmp_path):
     assert cfg["epochs"] is None
     train_run(cfg, tmp_path / "full", progress=False, figures=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(cfg, tmp_path / "crashed", progress=False, figures=False, callbacks=[CrashAt()])
+        train_run(cfg, tmp_path / "crashed", progress=False, figures=False, callbacks=[crash_at(11)])
     train_run(cfg, tmp_path / "crashed", resume=True, progress=False, figures=False)
     full, crashed = (load_checkpoint(tmp_path / r / "checkpoints" / "last.ckpt") for r in ("full", "crashed"))
     assert full["global_step"] == crashed["global_step"] == 16

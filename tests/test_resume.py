@@ -13,7 +13,6 @@ import textwrap
 
 import pytest
 import torch
-from lightning.pytorch import Callback
 
 from gens.checkpoint import load_checkpoint
 from gens.cli import train as train_cli
@@ -37,17 +36,6 @@ KILL_SCRIPT = textwrap.dedent("""
 
     train_run(resolve_config(json.loads(sys.argv[1])), sys.argv[2], progress=False, figures=False, callbacks=[KillAt()])
 """)
-
-
-class CrashAt(Callback):
-    """Raise before training batch ``step`` (an in-process stand-in for a crash)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
 
 
 def _final(run):
@@ -101,12 +89,12 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference_ge
 # random numbers in every step, the AE keeps running latent moments over the epoch, the AAE has two
 # optimisers; the WAE is built like the VAE (random prior draws, one optimiser).
 @pytest.mark.parametrize("method,crash_step", [("gen", 11), ("ae", 11), ("vae", 5), ("aae", 22)])
-def test_crash_then_resume_matches_uninterrupted(tmp_path, method, crash_step):
+def test_crash_then_resume_matches_uninterrupted(tmp_path, method, crash_step, crash_at):
     extra = GEN if method == "gen" else {"method": method}
     cfg = resolve_config({**BASE, **extra, "epochs": 2})
     train_run(cfg, tmp_path / "full", progress=False, figures=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(cfg, tmp_path / "crashed", progress=False, figures=False, callbacks=[CrashAt(crash_step)])
+        train_run(cfg, tmp_path / "crashed", progress=False, figures=False, callbacks=[crash_at(crash_step)])
     train_run(cfg, tmp_path / "crashed", resume=True, progress=False, figures=False)
     _assert_same(_final(tmp_path / "crashed"), _final(tmp_path / "full"))
 

@@ -18,7 +18,6 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Callback
 
 from gens import runfolder
 from gens.checkpoint import load_checkpoint
@@ -86,23 +85,14 @@ def test_resume_keeps_every_epoch_in_metrics_csv_and_losses_png(runs, tmp_path):
     np.testing.assert_array_equal(mpimg.imread(run / "losses.png"), mpimg.imread(runs / "gen2" / "losses.png"))
 
 
-class CrashAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
-def test_crash_mid_epoch_then_resume_logs_like_an_uninterrupted_run(tmp_path):
+def test_crash_mid_epoch_then_resume_logs_like_an_uninterrupted_run(tmp_path, crash_at):
     """4 batches an epoch, rows logged at steps 3, 7, 11 (train and validation), checkpoints after batches 3,
     6, 9. The crash comes after batch 8: epoch 0's rows (step 3) must stay, epoch 1's (step 7, logged after
     the last checkpoint) must be dropped and logged again by the resumed run, once."""
     cfg = resolve_config({**CFG, "epochs": 3, "checkpoint_every": 3})
     train_run(cfg, tmp_path / "full", progress=False, figures=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(cfg, tmp_path / "crashed", progress=False, figures=False, callbacks=[CrashAt(8)])
+        train_run(cfg, tmp_path / "crashed", progress=False, figures=False, callbacks=[crash_at(8)])
     assert load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.ckpt")["global_step"] == 6
     assert {r["step"] for r in _rows(tmp_path / "crashed")} == {"3", "7"}  # 7: logged after the checkpoint
     train_run(cfg, tmp_path / "crashed", resume=True, progress=False, figures=False)

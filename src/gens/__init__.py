@@ -9,7 +9,7 @@ Public names are imported lazily so ``import gens`` (and the CLI's ``--help``) s
 
 from __future__ import annotations
 
-import importlib
+from gens._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -45,12 +45,7 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gens' has no attribute {name!r}")
+__getattr__, _dir = lazy_attributes(__name__, _LAZY)
 
 
 def __dir__():

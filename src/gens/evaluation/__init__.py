@@ -11,7 +11,7 @@ package stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from gens._lazy import lazy_attributes
 
 _LAZY = {
     "whiten": "gens.evaluation.entropy",
@@ -28,9 +28,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gens.evaluation' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

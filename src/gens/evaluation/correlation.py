@@ -212,16 +212,18 @@ class CorrelationResults:
         head = "| l \\ m | " + " | ".join(str(m) for m in self.sizes) + " |"
         lines = [head, "|---" * (len(self.sizes) + 1) + "|"]
         for l in self.dims:
-            row = []
-            for m in self.sizes:
-                c = self.cell(l, m)
-                txt = {k: f"{c['r'][k]:.2f}" for k in ("nn", "kde")}
-                win = winner(c, alpha)
-                if win:
-                    txt[win] = f"**{txt[win]}**"
-                row.append(f"{txt['nn']} \\| {txt['kde']}")
+            row = [self.cell_text(l, m, alpha, sep=" \\| ") for m in self.sizes]
             lines.append(f"| {l} | " + " | ".join(row) + " |")
         return "\n".join(lines)
+
+    def cell_text(self, l: int, m: int, alpha: float = 0.05, sep: str = " | ") -> str:
+        """"r_NN SEP r_KDE" of cell (l, m), the significantly higher one (``winner``) in bold."""
+        c = self.cell(l, m)
+        txt = {k: f"{c['r'][k]:.2f}" for k in ("nn", "kde")}
+        win = winner(c, alpha)
+        if win:
+            txt[win] = f"**{txt[win]}**"
+        return f"{txt['nn']}{sep}{txt['kde']}"
 
 
 def winner(cell: dict, alpha: float = 0.05) -> str | None:

@@ -101,15 +101,7 @@ def _report(sec, grid, results, lc, opts):
               f"neither in {wins[None]}", grid_ok)]])
     rows = []
     for l in results.dims:
-        row = [str(l)]
-        for m in results.sizes:
-            c = results.cell(l, m)
-            txt = {k: f"{c['r'][k]:.2f}" for k in ("nn", "kde")}
-            w = winner(c, ALPHA)
-            if w:
-                txt[w] = f"**{txt[w]}**"
-            row.append(f"{txt['nn']} | {txt['kde']}")
-        rows.append(row)
+        rows.append([str(l), *(results.cell_text(l, m, ALPHA) for m in results.sizes)])
     sec.table(["l \\ m", *map(str, results.sizes)], rows, caption=f"Pearson r of the estimates with s, NN | KDE; "
               f"bold: the higher one when significant (p < {ALPHA}).")
     import numpy as np
