@@ -26,7 +26,7 @@ from gens.reproduce.report import Section, cell, fmt_pm
 from gens.samplers import SAMPLERS
 
 __all__ = ["PAPER", "PAPER_RECON", "TRUE_ENTROPY", "METHODS", "CHOICES", "QUICK", "run", "settings", "agrees",
-           "fid_key", "fid_value"]
+           "fid_config", "fid_key", "fid_value"]
 
 LATENT_DIM = 8
 # The paper's Table 2 (5 models each): PAPER[row][N] = (mean, sd)
@@ -113,7 +113,7 @@ def quick_classifier_epochs(data, limit) -> int:
     return max(2, math.ceil(QUICK["classifier_steps"] / steps))
 
 
-def _fid_config(opts, s, log, part: str = "table2") -> tuple[dict | None, str]:
+def fid_config(opts, s, log, part: str = "table2") -> tuple[dict | None, str]:
     """FID settings for the jobs and a line describing them (the in-domain classifier is trained here, once,
     before the jobs share it through its cache)."""
     if opts.inception_weights:
@@ -139,7 +139,7 @@ def run(opts, units, log) -> Section:
 
     s = settings(opts)
     sec = Section("table2", "Table 2: whitened entropy of MNIST test latents")
-    fid, fid_text = _fid_config(opts, s, log)
+    fid, fid_text = fid_config(opts, s, log)
     threads = opts.threads or (max(1, (torch.get_num_threads() or 1) // opts.jobs) if opts.jobs > 1 else None)
     base = {k: s[k] for k in ("data", "epochs", "steps", "limit", "ns", "latent_dim", "batch_size") if k in s}
     if fid is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gens.reproduce.measure import budget, budget_text, method_defaults, run_jobs
 from gens.reproduce.report import Section, cell, fmt_pm
-from gens.reproduce.table2 import _fid_config, agrees, quick_classifier_epochs
+from gens.reproduce.table2 import fid_config, agrees, quick_classifier_epochs
 
 __all__ = ["PAPER", "DATASETS", "QUICK", "run"]
 
@@ -71,7 +71,7 @@ def run(opts, units, log) -> Section:
                                               is not None else None)
         s = {"data": source, "fid_n": opts.fid_n, "classifier_epochs": epochs_c, "limit": limit}
         if opts.inception_weights or labels is not None:
-            fid, fid_texts[key] = _fid_config(opts, s, log, "table3")
+            fid, fid_texts[key] = fid_config(opts, s, log, "table3")
         else:
             fid, fid_texts[key] = None, ("none: the images have no labels to train in-domain features on; pass "
                                          "`--inception-weights FILE` for an FID")
