@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gens.reproduce.measure import budget, budget_text, method_defaults, run_jobs
 from gens.reproduce.report import Section, cell, fmt_pm
-from gens.reproduce.table2 import fid_config, agrees, quick_classifier_epochs
+from gens.reproduce.table2 import agrees, fid_config, quick_classifier_epochs
 
 __all__ = ["PAPER", "DATASETS", "QUICK", "run"]
 
