@@ -85,13 +85,15 @@ def fidelity_problems(record: dict) -> list[str]:
     out = []
     if record["std_max"] > hi or record["eig_max"] > hi * hi:
         out.append(f"the latents inflate (per-dimension std up to {record['std_max']:.2f}x, covariance "
-                   f"eigenvalue up to {record['eig_max']:.2f}x the predicted)")
+                   f"eigenvalue up to {record['eig_max']:.2f}x the predicted: the regulariser lost to the reconstruction; "
+                   "raise coverage or lam)")
     if record["eig_max"] < EIG_MIN:
         out.append(f"the latents are too narrow (every covariance eigenvalue at most {record['eig_max']:.2f}x the "
-                   "predicted: under-trained?)")
+                   "predicted: under-trained; train longer)")
     elif record["eig_min"] < EIG_MIN or record["std_min"] < lo:
         out.append(f"a latent direction collapses (smallest covariance eigenvalue {record['eig_min']:.2f}x, "
-                   f"per-dimension std down to {record['std_min']:.2f}x the predicted)")
+                   f"per-dimension std down to {record['std_min']:.2f}x the predicted: raise lam or bank_size, or lower "
+                   "latent_dim)")
     return out
 
 
@@ -173,8 +175,7 @@ class FidelityMonitor(L.Callback):
         if problems:
             warnings.warn(
                 f"latents: {'; '.join(problems)} on validation data after {self.history[-1]['step']} steps "
-                "(fidelity.png shows how it went). Inflation: the regulariser lost to the reconstruction; raise "
-                "coverage or lam. Too narrow: train longer. Collapse: raise lam or bank_size, or lower latent_dim.", FidelityWarning,
+                "(a run folder's fidelity.png shows how it went)", FidelityWarning,
                 stacklevel=2)
 
     def state_dict(self) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # order shown in --help
 COMMANDS = (
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code = args._module.run(args)
+        with warnings.catch_warnings():
+            _plain_gens_warnings(args.command)
+            code = args._module.run(args)
     except KeyboardInterrupt as err:
         print(f"gens {args.command}: interrupted" + (f"; {_one_line(err)}" if str(err) else ""), file=sys.stderr)
         return 130
@@ -72,6 +75,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gens {args.command}: error: {message}", file=sys.stderr)  # one clear line, no traceback
         return 2
     return int(code or 0)
+
+
+def _plain_gens_warnings(command: str) -> None:
+    """Show gens' own warning categories (FidelityWarning, BandwidthWarning, ...) as one line
+    ``gens COMMAND: warning: ...`` instead of Python's file:line form (which names Lightning's frames)."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("gens."):
+            print(f"gens {command}: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _user_error(err: Exception, args=None) -> str | None:
