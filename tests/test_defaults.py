@@ -190,7 +190,7 @@ def test_experimental_options_are_module_keywords_only(method, tmp_path):
     from gens.runs import load_run, train_run
 
     experimental = C.experimental_options(method)
-    assert set(experimental) == {"query_noise", "bank_reshuffle"}
+    assert set(experimental) == {"query_noise", "bank_reshuffle", "coverage_draws"}
     help_text = _train_parser().format_help()
     params = ESTIMATORS[method]().get_params()
     for name in experimental:

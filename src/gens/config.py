@@ -165,6 +165,8 @@ class GENConfig(NetworkConfig):
                                  action="store_false")
     coverage: float = option(GEN_COVERAGE, "GEN: weight of the target-sample half of eq. 2, which draws latents into "
                              "regions the target fills (0: eq. 3 alone, the paper)")
+    coverage_draws: int = option(1, "GEN, experimental: target draws per minibatch latent in the coverage term "
+                                 "(more: a less noisy pull at a larger KDE cost)", experimental=True)
 
 
 @dataclass(frozen=True)

@@ -89,11 +89,12 @@ class GENModule(BaseAutoencoder):
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
                  bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
                  eps: float | None = None, query_noise: bool = False, bandwidth_scale: float = DEFAULT_BANDWIDTH_SCALE,
-                 leave_one_out: bool = True, coverage: float = DEFAULT_COVERAGE):
+                 leave_one_out: bool = True, coverage: float = DEFAULT_COVERAGE, coverage_draws: int = 1):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)
         self.query_noise = bool(query_noise)
         self.leave_one_out = bool(leave_one_out)
         self.coverage = check_float("coverage", coverage, minimum=0.0)
+        self.coverage_draws = check_int("coverage_draws", coverage_draws, minimum=1)
         self.target = make_target(target_spec, self.latent_dim)
         self.lam = check_float("lam", lam, minimum=0.0)
         self.objective = OBJECTIVES.check(objective)
@@ -193,7 +194,7 @@ class GENModule(BaseAutoencoder):
         bank = self.bank.latents()
         if len(bank) < 2 or not math.isfinite(float(self.bandwidth_h)):
             return z.sum() * 0.0
-        z_t = self.target.sample(z.shape[0], dtype=z.dtype, device=z.device)
+        z_t = self.target.sample(z.shape[0] * self.coverage_draws, dtype=z.dtype, device=z.device)
         return gen_coverage_term(z, bank.to(z), self.target, float(self.bandwidth_h), z_t)
 
     def losses(self, x, training: bool = True):
