@@ -58,7 +58,9 @@ def jobs_for(args) -> list[dict]:
                 jobs.append(dict(method=method, kwargs=options.get(method, {}), data=data.format(mnist=args.mnist),
                                  steps=steps, epochs=None, seed=seed, latent_dim=args.latent_dim, batch_size=100,
                                  limit=limit, test_limit=test_limit, ns=[n], accelerator=args.accelerator,
-                                 threads=args.threads, row=row, n=n))
+                                 threads=args.threads, row=row, n=n,
+                                 history_out=args.history and os.path.join(
+                                     args.history, f"{row}-{method}-st{steps}-s{seed}.json")))
     return jobs
 
 
@@ -105,10 +107,14 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="CSV the rows are appended to")
+    p.add_argument("--history", default=None, metavar="DIR",
+                   help="save each training's validation fidelity (gens.fidelity, every ~100 steps) as DIR/*.json")
     args = p.parse_args(argv)
 
     from gens.reproduce.measure import run_jobs
 
+    if args.history:
+        os.makedirs(args.history, exist_ok=True)
     jobs = jobs_for(args)
     print(f"# {len(jobs)} trainings; {' '.join(sys.argv)}", flush=True)
     fh = writer = None
