@@ -101,8 +101,9 @@ class FidelityMonitor(L.Callback):
     """Measure ``latent_fidelity`` on validation latents after every training epoch (see the module docstring).
 
     max_samples: validation samples used (the first ones; fewer when the split is smaller). Without a
-    validation split the first training samples are used instead (and ``jsd`` is left out). ``min_interval``: at most one measurement per this many steps
-    (small data sets have epochs of a few steps), and always one after the last epoch. ``history``: one
+    validation split the first training samples are used instead (and ``jsd`` is left out).
+    ``min_interval``: at most one measurement per this many steps (small data sets have epochs of a few
+    steps), and always one after the last epoch. ``history``: one
     dict per measurement (with ``epoch`` and ``step``)."""
 
     def __init__(self, max_samples: int = 2000, min_interval: int = 100, warn: bool = True):
@@ -134,19 +135,20 @@ class FidelityMonitor(L.Callback):
         x = self._samples(trainer)
         if len(x) < module.latent_dim + 2 or not trainer.is_global_zero:
             return None
+        from gens.training import encode_all
+
         was = module.training
         module.eval()
         try:
-            device = next(module.parameters()).device
-            z = torch.cat([module.encode(c.to(device)).double().cpu() for c in x.split(1000)])
+            z = encode_all(module, x).double()
             try:
                 predicted = module.latent_distribution()
             except ValueError:  # h >= 1: no shrunk target
                 return None
             bank, target, h = None, getattr(module, "target", None), None
-            if self.source == "val" and getattr(module, "_bank_x", None) is not None \
-                    and math.isfinite(float(module.bandwidth_h)):
-                bank = torch.cat([module.encode(c.to(device)).double().cpu() for c in module._bank_x.split(2048)])
+            samples = getattr(getattr(module, "bank_strategy", None), "samples", None)
+            if self.source == "val" and samples is not None and math.isfinite(float(module.bandwidth_h)):
+                bank = encode_all(module, samples, batch_size=2048).double()
                 h = float(module.bandwidth_h)
             if not bool(torch.isfinite(z).all()):
                 return None

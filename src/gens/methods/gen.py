@@ -13,7 +13,7 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * (J + coverage 
   target draws under the KDE of the bank and the minibatch (``gens.divergence.gen_coverage_term``). Eq. 3
   only pushes latents out of over-dense regions (its push vanishes where p_e << p_t); nothing draws them
   into regions the target fills, so on small data or long budgets the reconstruction spreads them and they
-  inflate (digits, 6000 steps: per-dimension std 22-41x the predicted with coverage 0, 0.93-1.14x with 1;
+  inflate (digits, 6000 steps: per-dimension std 26-46x the predicted with coverage 0, 0.90-1.14x with 1;
   BENCHMARKS.md, "Robustness"). Both halves have the stationary point p_e = p_t, so Sec. 4's prediction
   is unchanged.
 
@@ -77,7 +77,7 @@ __all__ = ["DEFAULT_BANDWIDTH_SCALE", "DEFAULT_COVERAGE", "DEFAULT_LAM", "OBJECT
 DEFAULT_LAM = 0.03
 DEFAULT_BANDWIDTH_SCALE = 0.75
 # the target-sample half of eq. 2 (gens.divergence.gen_coverage_term): without it the latents inflate on small
-# data and long budgets (digits at 6000 steps: per-dimension std 22-41x; BENCHMARKS.md, "Robustness")
+# data and long budgets (digits at 6000 steps: per-dimension std 26-46x the predicted; BENCHMARKS.md, "Robustness")
 DEFAULT_COVERAGE = 1.0
 
 
