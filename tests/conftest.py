@@ -63,3 +63,12 @@ def crash_at():
                 raise RuntimeError("simulated crash")
 
     return CrashAt
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The first 300 scikit-learn digits, flat (300, 64) in [0, 1] (test files may define their own)."""
+    from sklearn.datasets import load_digits
+
+    X, _ = load_digits(return_X_y=True)
+    return X[:300] / 16.0

@@ -4,7 +4,6 @@ scikit-learn's GaussianMixture, persistence."""
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from sklearn.mixture import GaussianMixture as SkGMM
 
 from gens import samplers as S
@@ -17,12 +16,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _tiny(cls, **kw):
     extra = {"bandwidth": 0.5, "bank_size": 50} if cls is GEN else {"disc_hidden": (8,)} if cls is AAE else {}
     return cls(latent_dim=2, max_epochs=1, hidden=(16,), batch_size=50, random_state=0, **{**extra, **kw})
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, _ = load_digits(return_X_y=True)
-    return X[:300] / 16.0
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,6 @@ def _tiny(cls, **kw):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    X, _ = load_digits(return_X_y=True)
-    return X[:300] / 16.0
-
-
-@pytest.fixture(scope="module")
 def fitted(digits):
     return {cls.__name__: _tiny(cls).fit(digits) for cls in CLASSES}
 
