@@ -7,7 +7,9 @@
 
 One process, torch with ``--threads`` intra-op threads (default 1, so every method sees the same
 conditions on a shared machine). Three modules with the same FC network, the same initial weights and
-Adam (lr 2e-4, betas (0.5, 0.999)): AE, GEN with a queue bank and GEN with a refresh bank (kb = 10).
+Adam (lr 2e-4, betas (0.5, 0.999)): AE, GEN with a queue bank and GEN with a refresh bank (kb = 10), and
+the ``--variants`` (default: the EMA-encoder queue and a refresh bank of m = 2000). The GENs run with the
+library's default loss (the coverage term included).
 No Lightning Trainer: the step is the pure loop Lightning runs,
 
     module.on_train_batch_start(x, i)   # GEN refresh: re-encodes the m bank samples when i % kb == 0
@@ -68,10 +70,21 @@ def build(method: str, latent_dim: int, bank_mode: str = "queue", m: int = 10000
 
 
 def prime_bank(module, bank_x) -> None:
-    """What GENModule.on_train_start does without a Trainer: the m samples, first encoding, batch counter."""
-    module._bank_x = bank_x
+    """What GENModule.on_train_start does without a Trainer: the bank strategy's set-up on the m samples
+    (their first encoding; the EMA queue's moving copy of the encoder), batch counter 0."""
     module._batches = 0
-    module.refresh_bank()
+    module.bank_strategy.setup(module, len(bank_x), (len(bank_x), lambda idx: bank_x[idx]))
+
+
+def parse_variant(spec: str, m: int, kb: int) -> tuple[str, str, int, int]:
+    """``MODE[:m=M,kb=K]`` -> (name, bank mode, m, kb); e.g. ``refresh:m=2000`` -> ("gen_refresh_m2000", ...)."""
+    mode, _, rest = spec.partition(":")
+    opts = dict(kv.split("=") for kv in rest.split(",") if kv)
+    bad = set(opts) - {"m", "kb"}
+    if bad:
+        raise SystemExit(f"--variants: {spec!r}: only m= and kb= may be set, got {sorted(bad)}")
+    name = "gen_" + mode.replace("-", "_") + "".join(f"_{k}{v}" for k, v in opts.items())
+    return name, mode, int(opts.get("m", m)), int(opts.get("kb", kb))
 
 
 def make_step(module, opt):
@@ -252,6 +265,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--no-components", action="store_true", help="skip the per-piece timings")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
+    p.add_argument("--variants", nargs="+", default=["ema-queue", "refresh:m=2000"],
+                   help="more GEN banks timed beside queue and refresh: MODE[:m=M,kb=K] (M <= --bank-size)")
     p.add_argument("--baseline-kde", help="a gens/kde.py file: also time a GEN queue step whose JSD term uses it")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -271,6 +286,11 @@ def main(argv=None) -> dict:
     prime_bank(gen_q[0], bank_x)
     prime_bank(gen_r[0], bank_x)
     steps = {"ae": make_step(*ae), "gen_queue": make_step(*gen_q), "gen_refresh": make_step(*gen_r)}
+    for spec in args.variants:
+        name, mode, vm, vkb = parse_variant(spec, m, kb)
+        module = build("gen", l, mode, vm, vkb, args.bandwidth if vm == m else silverman(vm, l))
+        prime_bank(module[0], bank_x[:vm])
+        steps[name] = make_step(*module)
     if args.baseline_kde:
         gen_b = build("gen", l, "queue", m, kb, args.bandwidth)
         prime_bank(gen_b[0], bank_x)

@@ -10,6 +10,8 @@ the checkpoint state. The built-ins:
   (``LatentBank.refresh``); a minibatch's own samples are matched by content (``sample_keys``).
 - ``"queue"`` (``QueueBank``): a FIFO of the detached latents of the most recent minibatches
   (``LatentBank.push``), as in momentum-contrast queues: no re-encoding, so about half the cost per epoch.
+- ``"ema-queue"`` (``EMAQueueBank``): a queue filled by a moving-average copy of the encoder, as momentum
+  contrast's key encoder: one extra no-grad forward of the minibatch per step.
 
 ``register_bank(name, cls)`` adds a strategy; ``GENModule(bank_mode=name)``, ``gens.GEN(bank_mode=name)``
 and ``gens train --bank-mode name`` then accept it.
@@ -33,7 +35,7 @@ import torch
 from gens._validation import check_int
 from gens.registry import BANKS
 
-__all__ = ["BANKS", "BankStrategy", "LatentBank", "QueueBank", "RefreshBank", "all_gather_rows", "register_bank",
+__all__ = ["BANKS", "BankStrategy", "EMAQueueBank", "LatentBank", "QueueBank", "RefreshBank", "all_gather_rows", "register_bank",
            "sample_keys", "world"]
 
 MODES = BANKS.builtins  # the built-in strategies ("refresh", "queue")
@@ -315,14 +317,97 @@ class RefreshBank(BankStrategy):
 
 class QueueBank(BankStrategy):
     """A FIFO of the latest minibatch latents, first filled by encoding m training samples (when the data
-    allow random access; else it starts empty). A minibatch never meets its own rows."""
+    allow random access; else it starts empty). Each row keeps its sample's content key, so with
+    ``leave_one_out`` a minibatch does not see the rows of its own samples (they are in the queue when it
+    holds more than an epoch of minibatches, i.e. on data sets with fewer than about m samples)."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__(size, dim)
+        self.keys = None  # (k,) content keys of the rows (sample_keys), oldest first; None: unknown
+
+    def setup(self, gen, m: int, source, state=None) -> None:
+        self.keys = None
+        super().setup(gen, m, source, state)
+        if state is not None:
+            self.keys = state.get("keys")
+            if self.keys is not None:
+                self.keys = self.keys.to(gen.device)
+        elif self.samples is not None:
+            self.keys = sample_keys(self.samples).to(gen.device)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "keys": None if self.keys is None else self.keys.detach().cpu()}
 
     def on_epoch_start(self, gen) -> None:
         if self.reshuffle_due(gen):
             self.draw_samples(gen)  # new samples (read by e.g. gens.fidelity), the queue itself is untouched
 
     def on_latents(self, gen, z: torch.Tensor, x: torch.Tensor) -> None:
+        self.push(gen, z, x)
+
+    def push(self, gen, z: torch.Tensor, x: torch.Tensor) -> None:
+        """Append the latents z: (n, l) of samples x to the queue, with their content keys."""
         self.bank.push(z)
+        keys = all_gather_rows(sample_keys(x).to(z.device))
+        if self.keys is None and len(self.bank) > len(keys):  # rows of unknown samples (restored without keys)
+            return
+        self.keys = keys[-self.bank.size:] if self.keys is None else torch.cat([self.keys.to(z.device), keys])[
+            -self.bank.size:]
+
+    def hidden_rows(self, gen, x: torch.Tensor) -> torch.Tensor | None:
+        if self.keys is None or len(self.keys) != len(self.bank):
+            return None
+        return torch.isin(self.keys, sample_keys(x).to(self.keys.device))
+
+
+class EMAQueueBank(QueueBank):
+    """A queue filled by a slowly moving copy of the encoder (momentum contrast's key encoder, He et al. 2020).
+
+    The copy's weights follow the encoder's as an exponential moving average, ``theta_ema <- momentum *
+    theta_ema + (1 - momentum) * theta`` once per training minibatch; the minibatch is then encoded by the
+    copy, without gradients, and its latents enter the queue (one extra no-grad encoder forward of n samples
+    per step, against m / kb for ``refresh``). The queue starts as the copy's encodings of m training
+    samples. Rows come from nearly the same encoder, so they are consistent with one another, unlike the
+    plain queue's rows from an encoder that moved during the last m / n steps; they lag the encoder by about
+    1 / (1 - momentum) + m / (2 n) steps. ``momentum``: a class attribute (subclass and ``register_bank`` to
+    change it).
+    """
+
+    momentum = 0.99
+
+    def __init__(self, size: int, dim: int):
+        super().__init__(size, dim)
+        self.ema = None  # the moving copy of gen.encoder
+
+    def restorable(self, state, n, m: int) -> bool:
+        return super().restorable(state, n, m) and state.get("ema") is not None
+
+    def setup(self, gen, m: int, source, state=None) -> None:
+        import copy
+
+        self.ema = copy.deepcopy(gen.encoder).requires_grad_(False)
+        if state is not None:
+            self.ema.load_state_dict(state["ema"])
+        super().setup(gen, m, source, state)
+
+    def state_dict(self) -> dict:
+        ema = None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
+        return {**super().state_dict(), "ema": ema}
+
+    def refresh(self, gen) -> torch.Tensor:
+        return self.bank.refresh(self.ema if self.ema is not None else gen.encoder, self.samples)
+
+    @torch.no_grad()
+    def on_latents(self, gen, z: torch.Tensor, x: torch.Tensor) -> None:
+        if self.ema is None:  # not set up (a module used outside a Trainer): the plain queue
+            return super().on_latents(gen, z, x)
+        mu = float(self.momentum)
+        for e, p in zip(self.ema.parameters(), gen.encoder.parameters()):
+            e.mul_(mu).add_(p.detach(), alpha=1.0 - mu)
+        for e, b in zip(self.ema.buffers(), gen.encoder.buffers()):
+            e.copy_(b)
+        self.ema.train(gen.encoder.training)
+        self.push(gen, self.ema(x.to(gen.device)).detach(), x)
 
 
 def register_bank(name: str, cls, *, replace: bool = False):

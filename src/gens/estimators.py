@@ -206,10 +206,9 @@ class GEN(_GensEstimator):
 
     Parameters (defaults and help: ``gens.config.GENConfig``): ``latent_dim``; ``lam``, ``objective``
     ("nonsaturating" | "literal" | "kl" | a name given to ``gens.divergence.register_objective``), ``bank_mode``
-    ("refresh" | "queue" | a name given to ``gens.bank.register_bank``), ``bank_size`` (m, capped
+    ("refresh" | "queue" | "ema-queue" | a name given to ``gens.bank.register_bank``), ``bank_size`` (m, capped
     at the training samples), ``refresh_every`` (kb), ``bandwidth`` (None: h_opt), ``bandwidth_correction``,
-    ``bandwidth_scale`` (factor on h_opt), ``leave_one_out`` (refresh mode: leave each minibatch's own samples
-    out of the bank), ``coverage`` (weight of the target-sample half of eq. 2),
+    ``bandwidth_scale`` (factor on h_opt), ``leave_one_out`` (leave each minibatch's own samples out of the bank), ``coverage`` (weight of the target-sample half of eq. 2),
     ``target`` (None or "normal": N(0, I); "mog:K[:SCALE]"; a spec dict; a ``gens.targets.Target``);
     shared: ``max_epochs``, ``max_steps``, ``batch_size``, ``lr``, ``hidden``, ``arch``, ``scaling``,
     ``val_fraction``, ``accelerator``, ``random_state``, ``verbose``. None for a module option: the module's

@@ -75,4 +75,5 @@ class Registry(Mapping):
 OBJECTIVES = Registry("objective", {"nonsaturating": "gens.divergence:nonsaturating_objective",
                                     "literal": "gens.divergence:literal_objective",
                                     "kl": "gens.divergence:kl_objective"})
-BANKS = Registry("bank_mode", {"refresh": "gens.bank:RefreshBank", "queue": "gens.bank:QueueBank"})
+BANKS = Registry("bank_mode", {"refresh": "gens.bank:RefreshBank", "queue": "gens.bank:QueueBank",
+                                 "ema-queue": "gens.bank:EMAQueueBank"})

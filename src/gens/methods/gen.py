@@ -29,16 +29,18 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * (J + coverage 
   (``gens.bank.BankStrategy``: set-up at train start, per-step refresh or push, the rows a query may not
   see, the checkpoint state; ``gens.bank.register_bank`` adds one): ``"refresh"`` (the paper) re-encodes m
   training samples without gradients every ``refresh_every`` (kb) minibatches; ``"queue"`` keeps the
-  detached latents of the most recent minibatches (first filled by encoding m samples). m = ``bank_size``
+  detached latents of the most recent minibatches (first filled by encoding m samples); ``"ema-queue"`` fills
+  the queue with the minibatch encoded by a moving-average copy of the encoder (``gens.bank.EMAQueueBank``,
+  one extra no-grad encoder forward per step instead of m / kb). m = ``bank_size``
   is capped at the number of training samples, with a warning. Samples come from ``trainer.datamodule.train_tensor()`` or else the train
   dataloader's dataset. Checkpoints keep the strategy's state and the batch counter (``gen_bank``).
 - ``leave_one_out=True`` drops from the bank, for each training minibatch, the rows the strategy hides from
-  it (``BankStrategy.hidden_rows``; refresh mode: the rows that encode the minibatch's own samples, matched
-  by content, ``gens.bank.sample_keys``). The eq. 3 estimate
+  it (``BankStrategy.hidden_rows``: the rows that encode the minibatch's own samples, matched by content,
+  ``gens.bank.sample_keys``; in the queues these exist once the queue holds more than an epoch). The eq. 3 estimate
   needs query latents independent of the KDE's samples (``gens.divergence.jsd_estimate``); a query's own
   lagged encoding sits at distance ~0 and, at h = 0.40 for m = 10^4 and l = 8, its kernel alone is ~0.6x
   the sum over every other bank row (median, measured on trained MNIST latents): the query sees a false
-  over-density and is pulled toward the target's mode. In the queue a minibatch never meets its own rows.
+  over-density and is pulled toward the target's mode.
 - ``bandwidth``: h; None = h_opt(p_t, m) from ``gens.bandwidth.optimal_bandwidth`` (cached), computed
   when training starts and kept in the ``bandwidth_h`` buffer, so checkpoints carry it.
   ``bandwidth_correction=True`` uses h / sqrt(1 + h^2) (``gens.bandwidth.corrected_bandwidth``).
