@@ -272,3 +272,52 @@ def test_cli_table_format(capsys, monkeypatch):
     assert f"{r.h:.2f}±{r.std:.2f}" in row2
     ok = abs(r.h - 0.46) <= 0.08 + 0.03
     assert ("✓" in row2) == ok and code == (0 if ok and "✓" in row40 else 1)
+
+
+def test_cli_table_grid_beyond_the_paper_with_corrected(capsys):
+    from gens.cli import main
+
+    args = ["bandwidth", "--table", "--dims", "2", "64", "--samples-list", "250", "300", "--trials", "2", "--no-cache",
+            "--corrected"]
+    code = main(args)
+    out = capsys.readouterr().out
+    assert "| l \\ m | 250 | 300 |" in out
+    row2 = next(line for line in out.splitlines() if line.startswith("| 2 |")).strip("| ").split(" | ")
+    row64 = next(line for line in out.splitlines() if line.startswith("| 64 |")).strip("| ").split(" | ")
+    r = optimal_bandwidth_normal(2, 250, trials=2, cache=False)
+    assert row2[1].startswith(f"{r.h:.2f}±{r.std:.2f} → {corrected_bandwidth(r.h):.2f} / 0.46±0.08 ")
+    assert row2[2].endswith("/ -") and row64[1].startswith(">1.0") and row64[2].endswith("/ -")
+    ok = abs(r.h - 0.46) <= 0.08 + 0.03
+    assert f"{int(ok)}/1 of the paper's cells within tolerance (3 not in the paper)" in out
+    assert code == (0 if ok else 1)  # only the paper's cell is judged
+    assert main(["bandwidth", "--dim", "2", "--samples", "50", "--dims", "64"]) == 2
+    assert capsys.readouterr().err.startswith("gens bandwidth: error: dims: ")
+
+
+def test_gen_with_h_opt_at_least_one_is_refused_at_train_start_before_any_step(tmp_path, monkeypatch):
+    import lightning as L
+
+    from gens.data import GensDataModule, load_dataset
+    from gens.methods import GENModule
+
+    monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path))
+    batches = []
+
+    class Count(L.Callback):
+        def on_train_batch_start(self, *args):
+            batches.append(1)
+
+    def fit(gen, **kw):
+        L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Count()], **kw).fit(
+            gen, datamodule=GensDataModule(load_dataset("digits")[0][:400], batch_size=50))
+
+    options = dict(hidden=[32, 32], bank_size=50, bandwidth_scale=1.0)
+    gen = GENModule((1, 8, 8), 40, **options)  # h_opt(l = 40, m = 50) > 1 (Table 1: > 1.0 at m = 250)
+    with pytest.raises(ValueError, match=r"^bandwidth: h = \S+ \(l = 40, m = 50; h_opt = \S+, times bandwidth_scale 1\) "
+                                         r"must be < 1.*larger bank_size.*bandwidth_correction=True"):
+        fit(gen)
+    assert batches == [] and math.isnan(float(gen.bandwidth_h))
+    gen = GENModule((1, 8, 8), 40, bandwidth_correction=True, **options)  # h / sqrt(1 + h^2) < 1: trains
+    fit(gen, limit_train_batches=1)
+    assert batches == [1] and 0.7 < float(gen.bandwidth_h) < 1

@@ -169,3 +169,24 @@ def test_bad_parameters_raise_in_fit(kwargs, start, digits):
     est = _tiny(GEN, **kwargs)  # __init__ only stores
     with pytest.raises(ValueError, match=f"^{start}"):
         est.fit(X)
+
+
+def test_bandwidth_of_one_or_more_is_refused_before_training(monkeypatch, tmp_path):
+    from gens import training
+    from gens.data import load_dataset
+
+    monkeypatch.setenv("GENS_CACHE_DIR", str(tmp_path))
+    X, _ = load_dataset("digits")
+    X = X[:200]
+    with monkeypatch.context() as patch:
+        fits = []
+        patch.setattr(training, "fit", lambda *a, **k: fits.append(1))  # never reached
+        with pytest.raises(ValueError, match=r"^bandwidth: h = 1.2 .*must be < 1.*larger bank_size.*smaller latent_dim"
+                                             r".*bandwidth_correction=True.*bandwidth_scale"):
+            GEN(latent_dim=4, bandwidth=1.2, max_epochs=1, hidden=(16,), batch_size=50).fit(X)
+        assert fits == []
+    steps = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1))
+    with pytest.raises(ValueError, match=r"^bandwidth: h = \S+ \(l = 40, m = 50; h_opt = .*must be < 1"):
+        GEN(latent_dim=40, bank_size=50, bandwidth_scale=1.0, max_epochs=1, hidden=(16,), batch_size=50).fit(X)
+    assert steps == []  # refused at train start, before the first optimiser step

@@ -43,7 +43,8 @@ exactly Algorithm 1's two updates: the encoder gets recon + lam * (J + coverage 
   over-density and is pulled toward the target's mode.
 - ``bandwidth``: h; None = h_opt(p_t, m) from ``gens.bandwidth.optimal_bandwidth`` (cached), computed
   when training starts and kept in the ``bandwidth_h`` buffer, so checkpoints carry it.
-  ``bandwidth_correction=True`` uses h / sqrt(1 + h^2) (``gens.bandwidth.corrected_bandwidth``).
+  ``bandwidth_correction=True`` uses h / sqrt(1 + h^2) (``gens.bandwidth.corrected_bandwidth``). A resolved
+  h >= 1 (given, or from h_opt) raises ValueError before the first step (construction or ``on_train_start``).
   ``bandwidth_scale`` multiplies the resolved h_opt (not a given ``bandwidth``): the regulariser only sees
   q * G_h, so structure of q finer than h goes unpenalised; a smaller h constrains finer scales at the
   price of a noisier KDE (measured in BENCHMARKS.md, "Training defaults").
@@ -111,7 +112,7 @@ class GENModule(BaseAutoencoder):
         h = math.nan
         if bandwidth is not None:
             h = check_float("bandwidth", bandwidth, minimum=0.0, min_inclusive=False)
-            _check_h(h, self.bank_size, self.latent_dim)
+            _check_h(h, self.bank_size, self.latent_dim, "the given bandwidth")
         self.register_buffer("bandwidth_h", torch.tensor(h, dtype=torch.float64))
         self.bank_strategy = BANKS[self.bank_mode](self.bank_size, self.latent_dim)
         self._batches = 0  # training batches seen (the refresh clock)
@@ -144,14 +145,21 @@ class GENModule(BaseAutoencoder):
             self._resolve_bandwidth(self.bank_size)
         return float(self.bandwidth_h)
 
-    def _resolve_bandwidth(self, m: int) -> None:
+    def _resolve_bandwidth(self, m: int, check: bool = True) -> None:
+        """Set ``bandwidth_h`` to h_opt(p_t, m), corrected if ``bandwidth_correction``, times ``bandwidth_scale``.
+
+        Raises ValueError ("bandwidth: ...", ``_check_h``) when that h is >= 1 and ``check`` (``gens train``
+        passes False and refuses it with its own flag names, ``gens.runs._check_bandwidth``); the buffer is
+        left unresolved (nan) then."""
         from gens.bandwidth import corrected_bandwidth, optimal_bandwidth
 
-        h = float(optimal_bandwidth(self.target, m, warn=False).h)  # warned below, with the GEN's options
-        if self.bandwidth_correction:
-            h = float(corrected_bandwidth(h))
+        h_opt = float(optimal_bandwidth(self.target, m, warn=False).h)  # refused below, with the GEN's options
+        h = float(corrected_bandwidth(h_opt)) if self.bandwidth_correction else h_opt
         h *= self.bandwidth_scale
-        _check_h(h, m, self.latent_dim)
+        if check:
+            how = (f"h_opt = {h_opt:.4g}" + (", corrected" if self.bandwidth_correction else "")
+                   + f", times bandwidth_scale {self.bandwidth_scale:g}")
+            _check_h(h, m, self.latent_dim, how)
         self.bandwidth_h.fill_(h)
 
     def latent_distribution(self):
@@ -227,7 +235,9 @@ class GENModule(BaseAutoencoder):
                 f"bank_mode: {self.bank_mode!r} needs random access to the training samples (a GensDataModule or "
                 "a train dataloader whose dataset supports len() and indexing); use bank_mode='queue'")
         if not math.isfinite(float(self.bandwidth_h)):
-            self._resolve_bandwidth(m)
+            self._resolve_bandwidth(m)  # raises for h >= 1: before the first optimiser step
+        else:  # given, or restored from a checkpoint: refused too if >= 1
+            _check_h(float(self.bandwidth_h), m, self.latent_dim, "the module's bandwidth_h")
         restored, self._restored = self._restored, None
         if not self.bank_strategy.restorable(restored, n, m):
             restored = None
@@ -278,13 +288,18 @@ def _sample_source(trainer):
     return n, lambda idx: torch.stack([torch.as_tensor(batch_x(dataset[int(i)])) for i in idx])
 
 
-def _check_h(h: float, m: int, l: int) -> None:
-    """Warn (BandwidthWarning) when h >= 1: the shrunk target N(0, (1 - h^2) I) does not exist."""
-    if h >= 1.0:
-        from gens.bandwidth import BandwidthWarning
-
-        warnings.warn(
-            f"bandwidth: h = {h:.3g} >= 1 for l = {l}, m = {m}: the kernel is as wide as the target, so the "
-            "shrunk target of Sec. 4 does not exist and the JSD term cannot resolve the latent distribution. "
-            "Use a larger bank_size, a smaller latent_dim, or bandwidth_correction=True.",
-            BandwidthWarning, stacklevel=3)
+def _check_h(h: float, m: int, l: int, source: str = "the given bandwidth") -> None:
+    """Refuse a kernel bandwidth h >= 1 (inf included) for latent dimension l and bank size m: the shrunk target
+    N(0, (1 - h^2) I) of Sec. 4 does not exist and the JSD term cannot resolve the latents. ``source`` says where
+    h came from ("the given bandwidth" or how h_opt was turned into h). Raises ValueError ("bandwidth: ...")."""
+    if not h < 1.0 and not math.isnan(h):
+        if source == "the given bandwidth":
+            advice = ("give a bandwidth < 1, or bandwidth=None for h_opt(p_t, m) with a larger bank_size, a smaller "
+                      "latent_dim, bandwidth_correction=True (h / sqrt(1 + h^2), always < 1) or a bandwidth_scale < 1")
+        else:
+            advice = ("use a larger bank_size (at most the number of training samples), a smaller latent_dim, "
+                      "bandwidth_correction=True (h / sqrt(1 + h^2), always < 1) or a smaller bandwidth_scale")
+        raise ValueError(
+            f"bandwidth: h = {h:.4g} (l = {l}, m = {m}; {source}) must be < 1: the kernel is as wide as the target, "
+            "so the shrunk target of Sec. 4 does not exist and the JSD term cannot resolve the latent distribution; "
+            + advice)

@@ -13,13 +13,22 @@ import math
 from gens.bandwidth import PAPER_TABLE1 as PAPER  # PAPER[l][m] = (mean, sd), None for ">1.0"
 from gens.reproduce.report import Section, cell
 
-__all__ = ["DIMS", "FULL", "PAPER", "QUICK", "SIZES", "TOLERANCE", "measure", "run", "within"]
+__all__ = ["DIMS", "FULL", "MISSING", "PAPER", "QUICK", "SIZES", "TOLERANCE", "measure", "paper_value", "run",
+           "within"]
 
 DIMS = (2, 5, 10, 20, 40)  # the paper's latent dimensions l
 SIZES = (250, 500, 1000, 2000, 4000, 8000)  # the paper's bank sizes m
 TOLERANCE = 0.03  # a cell reproduces the paper when |measured - paper| <= paper sd + TOLERANCE
 FULL = dict(dims=DIMS, sizes=SIZES, trials=10, seed=0)
 QUICK = dict(dims=(2, 5, 10), sizes=(250, 500, 1000), trials=10, seed=0)
+
+
+MISSING = object()  # paper_value of a cell the paper's Table 1 does not have (l = 64, m = 60000, ...)
+
+
+def paper_value(l: int, m: int):
+    """The paper's Table 1 cell (mean, sd), None for its ">1.0", ``MISSING`` where it has no such cell."""
+    return PAPER[l][m] if m in PAPER.get(l, {}) else MISSING
 
 
 def within(value: dict, paper) -> bool:
