@@ -71,47 +71,25 @@ def _datamodule(cfg: dict):
 
 
 def _last_checkpoint_callback(path: Path, every: int):
-    import copy
-
     from lightning.pytorch.callbacks import Checkpoint
 
     class LastCheckpoint(Checkpoint):
         """Save ``path`` after every ``every``-th training batch (counted over the whole run) and when the
         training ends (the last epoch, or max_steps reached); ``every = 0``: after every epoch. A ``Checkpoint``
-        subclass, so Lightning runs it after the other callbacks' hooks (their state is up to date when it saves).
-
-        A run that reaches max_steps mid-epoch ends that epoch early (Lightning runs the epoch-end hooks: the
-        AE's latent moments, the fidelity measurement), and the fit loop's state there says the epoch is over:
-        resumed from it with a larger ``--steps``, Lightning would start the next epoch and skip the rest of this
-        one. So from the last batch of such a run on, the checkpoints (the final one is written at the epoch end:
-        the finished model) hold the fit loop's state of that batch's end, where a mid-epoch checkpoint (or a
-        killed run's) has it: the extended run trains the same batches as an uninterrupted one."""
-
-        _stopped_mid_epoch = None  # the fit loop's state at the end of the last batch, when that is mid-epoch
+        subclass, so Lightning runs it after the other callbacks' hooks (their state is up to date when it saves)."""
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loop = trainer.fit_loop.epoch_loop
-            if _steps_done(trainer) and not loop.batch_progress.is_last_batch:
-                self._stopped_mid_epoch = copy.deepcopy(trainer.fit_loop.state_dict())
-            done = loop.total_batch_idx + 1  # batches trained so far, restored on resume
+            done = trainer.fit_loop.epoch_loop.total_batch_idx + 1  # batches trained so far, restored on resume
             if every and done % every == 0:
                 trainer.save_checkpoint(path, weights_only=False)
 
-        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-            if self._stopped_mid_epoch is not None and "loops" in checkpoint:
-                checkpoint["loops"]["fit_loop"] = copy.deepcopy(self._stopped_mid_epoch)
-
         def on_train_epoch_end(self, trainer, pl_module):
             last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
-            if not every or last_epoch or _steps_done(trainer):
+            last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+            if not every or last_epoch or last_step:
                 trainer.save_checkpoint(path, weights_only=False)
 
     return LastCheckpoint()
-
-
-def _steps_done(trainer) -> bool:
-    """Whether the trainer has reached its max_steps (False without a step budget)."""
-    return trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
 
 
 def train_run(cfg: dict, out=None, *, resume: bool = False, progress: bool = True, callbacks=(),
