@@ -53,7 +53,7 @@ def silverman(m: int, l: int) -> float:
 
 
 def build(method: str, latent_dim: int, bank_mode: str = "queue", m: int = 10000, kb: int = 10,
-          bandwidth: float | None = None, seed: int = 0):
+          bandwidth: float | None = None, seed: int = 0, draws: int = 1):
     """(module, Adam optimiser) with the FC 784-1000-1000-l net; a GEN gets bank samples set but no bank yet."""
     import torch
 
@@ -63,7 +63,7 @@ def build(method: str, latent_dim: int, bank_mode: str = "queue", m: int = 10000
     kw = {}
     if method == "gen":
         h = bandwidth if bandwidth is not None else silverman(m, latent_dim)
-        kw = dict(bank_mode=bank_mode, bank_size=m, refresh_every=kb, bandwidth=h)
+        kw = dict(bank_mode=bank_mode, bank_size=m, refresh_every=kb, bandwidth=h, coverage_draws=draws)
     module = build_module(method, [1, 28, 28], latent_dim, arch="fc", **kw)
     module.train()
     return module, module.configure_optimizers()
@@ -76,15 +76,16 @@ def prime_bank(module, bank_x) -> None:
     module.bank_strategy.setup(module, len(bank_x), (len(bank_x), lambda idx: bank_x[idx]))
 
 
-def parse_variant(spec: str, m: int, kb: int) -> tuple[str, str, int, int]:
-    """``MODE[:m=M,kb=K]`` -> (name, bank mode, m, kb); e.g. ``refresh:m=2000`` -> ("gen_refresh_m2000", ...)."""
+def parse_variant(spec: str, m: int, kb: int) -> tuple[str, str, int, int, int]:
+    """``MODE[:m=M,kb=K,draws=D]`` -> (name, bank mode, m, kb, coverage draws); e.g. ``refresh:m=2000`` ->
+    ("gen_refresh_m2000", "refresh", 2000, kb, 1)."""
     mode, _, rest = spec.partition(":")
     opts = dict(kv.split("=") for kv in rest.split(",") if kv)
-    bad = set(opts) - {"m", "kb"}
+    bad = set(opts) - {"m", "kb", "draws"}
     if bad:
-        raise SystemExit(f"--variants: {spec!r}: only m= and kb= may be set, got {sorted(bad)}")
+        raise SystemExit(f"--variants: {spec!r}: only m=, kb= and draws= may be set, got {sorted(bad)}")
     name = "gen_" + mode.replace("-", "_") + "".join(f"_{k}{v}" for k, v in opts.items())
-    return name, mode, int(opts.get("m", m)), int(opts.get("kb", kb))
+    return name, mode, int(opts.get("m", m)), int(opts.get("kb", kb)), int(opts.get("draws", 1))
 
 
 def make_step(module, opt):
@@ -265,8 +266,9 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--no-components", action="store_true", help="skip the per-piece timings")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
-    p.add_argument("--variants", nargs="+", default=["ema-queue", "refresh:m=2000"],
-                   help="more GEN banks timed beside queue and refresh: MODE[:m=M,kb=K] (M <= --bank-size)")
+    p.add_argument("--variants", nargs="*", default=["ema-queue", "refresh:m=2000"],
+                   help="more GEN banks timed beside queue and refresh: MODE[:m=M,kb=K,draws=D] (M <= --bank-size; "
+                        "D: coverage_draws)")
     p.add_argument("--baseline-kde", help="a gens/kde.py file: also time a GEN queue step whose JSD term uses it")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -287,8 +289,8 @@ def main(argv=None) -> dict:
     prime_bank(gen_r[0], bank_x)
     steps = {"ae": make_step(*ae), "gen_queue": make_step(*gen_q), "gen_refresh": make_step(*gen_r)}
     for spec in args.variants:
-        name, mode, vm, vkb = parse_variant(spec, m, kb)
-        module = build("gen", l, mode, vm, vkb, args.bandwidth if vm == m else silverman(vm, l))
+        name, mode, vm, vkb, draws = parse_variant(spec, m, kb)
+        module = build("gen", l, mode, vm, vkb, args.bandwidth if vm == m else silverman(vm, l), draws=draws)
         prime_bank(module[0], bank_x[:vm])
         steps[name] = make_step(*module)
     if args.baseline_kde:
