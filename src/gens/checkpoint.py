@@ -17,10 +17,13 @@
   the random numbers a step draws do not depend on what ran before it: validation, loader start-up or a
   restart). Together, a run killed mid-epoch and resumed from its last checkpoint ends with the same
   weights as an uninterrupted run (``tests/test_resume.py``).
+- ``LastCheckpoint(path, every)``: ``gens train``'s last.ckpt, written so that Lightning resumes it exactly,
+  with a step budget too, whether the run was killed or finished and is given a larger budget.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import random
@@ -33,11 +36,13 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from torch.utils.data import Sampler
 
 __all__ = [
     "AtomicCheckpointIO",
     "EpochSampler",
+    "LastCheckpoint",
     "ResumeCallback",
     "UnsafeCheckpointError",
     "atomic_save",
@@ -262,3 +267,60 @@ class ResumeCallback(Callback):
         except ValueError:
             method = None
         checkpoint["gens"] = {"method": method, "version": __version__}
+
+
+class LastCheckpoint(Checkpoint):
+    """Save ``path`` after every ``every``-th training batch (counted over the whole run) and when training
+    ends (the last epoch, or max_steps reached); ``every = 0``: after every epoch. A ``Checkpoint``, so Lightning
+    runs it after the other callbacks' hooks (their state is up to date when it saves).
+
+    Each file holds a fit-loop state that Lightning resumes exactly, with a step budget too (with max_steps
+    Lightning treats every restore as a restart):
+
+    - mid-epoch, the state of the batch's end (a killed run's, and the final one of a run that reached
+      max_steps mid-epoch: Lightning ends that epoch early, and its state there says the epoch is done, so a
+      larger ``--steps`` would skip the rest of the epoch);
+    - after an epoch's last batch, the save waits for the epoch's end (the finished model: after the epoch-end
+      hooks, e.g. the AE's latent moments) and holds the state after the batch's validation, where
+      Lightning's ModelCheckpoint saves; the resume runs the epoch's end again (the hooks recompute the same).
+      Lightning's own state at ``on_train_epoch_end``, restored with max_steps, runs the epoch's end again and
+      counts it twice (the sampler gets epoch e + 1 in epoch e from then on, and ``max_epochs`` stops one
+      epoch early); the state of the last batch's end skips the next epoch's start hooks.
+    """
+
+    def __init__(self, path, every: int):
+        self.path, self.every = path, int(every)
+        self._batch_end = None  # the fit loop's state at the end of the last batch that is not an epoch's last
+        self._due = False  # a periodic save fell on an epoch's last batch: written at the epoch's end
+        self._saving = False  # saving from on_train_epoch_end
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loop = trainer.fit_loop.epoch_loop
+        periodic = bool(self.every) and (loop.total_batch_idx + 1) % self.every == 0  # batches trained so far
+        if loop.batch_progress.is_last_batch:
+            self._due = self._due or periodic
+            return
+        self._batch_end = copy.deepcopy(trainer.fit_loop.state_dict())
+        if periodic:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+        last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        if not self.every or self._due or last_epoch or last_step:
+            self._due, self._saving = False, True
+            try:
+                trainer.save_checkpoint(self.path, weights_only=False)
+            finally:
+                self._saving = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if not self._saving or "loops" not in checkpoint:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # back to the state after validation
+            loop = checkpoint["loops"]["fit_loop"]
+            for p in (loop["epoch_progress"]["total"], loop["epoch_progress"]["current"]):
+                p["processed"] -= p["processed"] == p["started"]  # counted at the epoch's end, before its hooks
+            loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1  # counted after validation
+        elif self._batch_end is not None:
+            checkpoint["loops"]["fit_loop"] = copy.deepcopy(self._batch_end)

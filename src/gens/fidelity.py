@@ -104,7 +104,9 @@ class FidelityMonitor(L.Callback):
     validation split the first training samples are used instead (and ``jsd`` is left out).
     ``min_interval``: at most one measurement per this many steps (small data sets have epochs of a few
     steps), and always one after the last epoch. ``history``: one
-    dict per measurement (with ``epoch`` and ``step``)."""
+    dict per measurement (with ``epoch`` and ``step``). The interval counts from the last measurement it
+    asked for, not from one taken only because training ended: a finished run extended with ``--resume``
+    measures at the steps an uninterrupted run does (plus the first call's final measurement)."""
 
     def __init__(self, max_samples: int = 2000, min_interval: int = 100, warn: bool = True):
         from gens._validation import check_int
@@ -113,6 +115,7 @@ class FidelityMonitor(L.Callback):
         self.min_interval = check_int("min_interval", min_interval, minimum=0)
         self.warn = bool(warn)
         self.history: list[dict] = []
+        self._scheduled = -math.inf  # the step of the last measurement due by min_interval
         self._x = None
         self.source = None  # "val" or "train": where the measured samples come from
 
@@ -157,14 +160,16 @@ class FidelityMonitor(L.Callback):
             module.train(was)
 
     def on_train_epoch_end(self, trainer, module):
-        last = self.history[-1]["step"] if self.history else -math.inf
         final = trainer.current_epoch + 1 >= (trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf) \
             or (trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)
-        if trainer.global_step - last < self.min_interval and not final:
+        due = trainer.global_step - self._scheduled >= self.min_interval
+        if not due and not final:
             return
         rec = self.measure(trainer, module)
         if rec is None:
             return
+        if due:
+            self._scheduled = trainer.global_step
         for k, v in rec.items():
             if math.isfinite(v):
                 module.log(f"fidelity/{k}", float(v), on_step=False, on_epoch=True, rank_zero_only=True)
@@ -181,7 +186,9 @@ class FidelityMonitor(L.Callback):
                 stacklevel=2)
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        return {"history": self.history, "scheduled": self._scheduled}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))
+        last = self.history[-1]["step"] if self.history else -math.inf  # a checkpoint from before "scheduled"
+        self._scheduled = float(state.get("scheduled", last))

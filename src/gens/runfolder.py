@@ -237,9 +237,12 @@ class RunFolder:
         if mismatch:
             raise ValueError(f"resume: {last} does not fit the network of {self.path / 'config.json'} ({mismatch})")
         loop = ckpt["loops"]["fit_loop"]
-        done = int(loop["epoch_progress"]["total"]["processed"])
-        point = ResumePoint(last, int(ckpt.get("global_step", 0)), int(loop["epoch_loop.batch_progress"]["total"]
-                                                                        ["ready"]), done)
+        epochs, batches = loop["epoch_progress"]["total"], loop["epoch_loop.batch_progress"]
+        # epochs trained: the last one counts once its last batch is (gens.checkpoint.LastCheckpoint writes an
+        # epoch's end with the loop state after its last batch, where Lightning has not yet counted it processed)
+        done = int(epochs["processed"])
+        done += int(bool(batches.get("is_last_batch")) and done < int(epochs["started"]))
+        point = ResumePoint(last, int(ckpt.get("global_step", 0)), int(batches["total"]["ready"]), done)
         finished = (self.path / "metrics.json").is_file()
         # the budget: epochs and/or steps (a config.json from before steps existed has epochs alone)
         for opt, limit, have in (("epochs", cfg.get("epochs"), done), ("steps", cfg.get("steps"), point.global_step)):

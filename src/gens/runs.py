@@ -70,28 +70,6 @@ def _datamodule(cfg: dict):
                            seed=cfg["seed"], limit=cfg["limit"])
 
 
-def _last_checkpoint_callback(path: Path, every: int):
-    from lightning.pytorch.callbacks import Checkpoint
-
-    class LastCheckpoint(Checkpoint):
-        """Save ``path`` after every ``every``-th training batch (counted over the whole run) and when the
-        training ends (the last epoch, or max_steps reached); ``every = 0``: after every epoch. A ``Checkpoint``
-        subclass, so Lightning runs it after the other callbacks' hooks (their state is up to date when it saves)."""
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            done = trainer.fit_loop.epoch_loop.total_batch_idx + 1  # batches trained so far, restored on resume
-            if every and done % every == 0:
-                trainer.save_checkpoint(path, weights_only=False)
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
-            last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
-            if not every or last_epoch or last_step:
-                trainer.save_checkpoint(path, weights_only=False)
-
-    return LastCheckpoint()
-
-
 def train_run(cfg: dict, out=None, *, resume: bool = False, progress: bool = True, callbacks=(),
               figures: bool = True) -> dict:
     """Train (or, with ``resume``, continue) the run ``cfg`` (from :func:`resolve_config`) in folder ``out``.
@@ -122,7 +100,7 @@ def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks
 
     import gens
     from gens import training
-    from gens.checkpoint import AtomicCheckpointIO
+    from gens.checkpoint import AtomicCheckpointIO, LastCheckpoint
 
     out = folder.path
     ckpt_dir = out / "checkpoints"
@@ -141,7 +119,7 @@ def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks
 
     procs = max(1, cfg["devices"]) * cfg["num_nodes"] if isinstance(cfg["devices"], int) else 1
     batches = math.ceil(dm.n_train / (cfg["batch_size"] * procs))  # per process and epoch
-    cbs = [_last_checkpoint_callback(last, cfg["checkpoint_every"]), *callbacks]
+    cbs = [LastCheckpoint(last, cfg["checkpoint_every"]), *callbacks]
     if dm.n_val > 0:
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                    auto_insert_metric_name=False, enable_version_counter=False,
@@ -150,12 +128,15 @@ def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks
     hardware = {k: cfg[k] for k in ("accelerator", "devices", "num_nodes", "strategy")}
     t0 = []
     # the Trainer is built (hardware checked) before config.json, the first write into the folder
-    trainer = training.fit(module, dm, seed=cfg["seed"], max_epochs=cfg["epochs"], max_steps=cfg.get("steps"),
-                           callbacks=cbs, logger=loggers, ckpt_path=last if resume else None,
-                           resume_hint=f"gens train --resume {out}",
-                           before_fit=lambda _: (folder.write_config(cfg), t0.append(time.perf_counter())),
-                           plugins=[AtomicCheckpointIO()], log_every_n_steps=max(1, min(50, batches)),
-                           enable_progress_bar=progress, enable_model_summary=progress, **hardware)
+    with warnings.catch_warnings():
+        if resume:  # a resume from an epoch's end runs that end again, with no validation result yet (LastCheckpoint)
+            warnings.filterwarnings("ignore", message=r".*ModelCheckpoint\(monitor='val/loss'\)` could not find")
+        trainer = training.fit(module, dm, seed=cfg["seed"], max_epochs=cfg["epochs"], max_steps=cfg.get("steps"),
+                               callbacks=cbs, logger=loggers, ckpt_path=last if resume else None,
+                               resume_hint=f"gens train --resume {out}",
+                               before_fit=lambda _: (folder.write_config(cfg), t0.append(time.perf_counter())),
+                               plugins=[AtomicCheckpointIO()], log_every_n_steps=max(1, min(50, batches)),
+                               enable_progress_bar=progress, enable_model_summary=progress, **hardware)
     seconds = time.perf_counter() - t0[0]
     if not trainer.is_global_zero:
         return {}
