@@ -19,6 +19,8 @@ longer, the inflation check) through ``gens.reproduce.measure.train_and_measure`
 
 ``--options method:key=value,...`` changes a method's settings (as in ``benchmarks/train_sweep.py``); rows are
 appended to --out as they finish, and a summary table (mean over seeds) is printed at the end.
+``benchmarks/latent_dims.py`` (issue 18) runs its grid through ``make_job``, ``summarise``, ``run_grid`` and
+``print_means``.
 """
 
 from __future__ import annotations
@@ -42,30 +44,44 @@ FIELDS = ["row", "method", "options", "seed", "steps", "status", "gap", "recon",
           "std_max", "ok", "h", "H", "H_ref", "n", "global_step", "seconds", "message"]
 
 
-def jobs_for(args) -> list[dict]:
+def budget_steps(args) -> int:
+    """The optimiser steps of every training: ``gens.training.DEFAULT_STEPS`` x ``args.budget_scale``."""
     from gens.training import DEFAULT_STEPS
 
+    return int(round(DEFAULT_STEPS * args.budget_scale))
+
+
+def method_options(args) -> dict:
+    """{method: {key: value}} from ``args.options`` ("method:key=value,...")."""
     options = {}
     for text in args.options:
         method, kw = parse_config(text)
         options.setdefault(method, {}).update(kw)
-    steps = int(round(DEFAULT_STEPS * args.budget_scale))
-    jobs = []
-    for row in args.rows:
-        data, limit, test_limit, n = ROWS[row]
-        for method in args.methods:
-            for seed in args.seeds:
-                jobs.append(dict(method=method, kwargs=options.get(method, {}), data=data.format(mnist=args.mnist),
-                                 steps=steps, epochs=None, seed=seed, latent_dim=args.latent_dim, batch_size=100,
-                                 limit=limit, test_limit=test_limit, ns=[n], accelerator=args.accelerator,
-                                 threads=args.threads, row=row, n=n,
-                                 history_out=args.history and os.path.join(
-                                     args.history, f"{row}-{method}-st{steps}-s{seed}.json")))
-    return jobs
+    return options
+
+
+def make_job(args, row: str, method: str, seed: int, steps: int, kwargs: dict, latent_dim: int,
+             name: str | None = None, **extra) -> dict:
+    """One ``gens.reproduce.measure.train_and_measure`` job of grid row ``row`` (``ROWS``): ``args`` gives mnist,
+    accelerator, threads and history (DIR or None; the fidelity history goes to DIR/``name``.json, by default
+    "row-method-stSTEPS-sSEED"); ``extra`` keys travel with the job (e.g. for ``summarise`` wrappers)."""
+    data, limit, test_limit, n = ROWS[row]
+    name = name or f"{row}-{method}-st{steps}-s{seed}"
+    return dict(method=method, kwargs=kwargs, data=data.format(mnist=args.mnist), steps=steps, epochs=None,
+                seed=seed, latent_dim=latent_dim, batch_size=100, limit=limit, test_limit=test_limit, ns=[n],
+                accelerator=args.accelerator, threads=args.threads, row=row, n=n,
+                history_out=args.history and os.path.join(args.history, f"{name}.json"), **extra)
+
+
+def jobs_for(args) -> list[dict]:
+    options, steps = method_options(args), budget_steps(args)
+    return [make_job(args, row, method, seed, steps, options.get(method, {}), args.latent_dim)
+            for row in args.rows for method in args.methods for seed in args.seeds]
 
 
 def summarise(job: dict, result: dict, refs: dict) -> dict:
-    """One table row from a train_and_measure result: gap against the reference, spreads over the prediction."""
+    """One table row from a train_and_measure result: gap against the reference (``refs[n, seed, latent_dim]``, the
+    entropy of as many N(0, I_l) samples), spreads over the prediction."""
     n = job["n"]
     H = result.get(f"H{n}")
     h = result.get("h")
@@ -74,7 +90,7 @@ def summarise(job: dict, result: dict, refs: dict) -> dict:
            "options": ",".join(f"{k}={v}" for k, v in job["kwargs"].items()), "status": result.get("status"),
            "recon": result.get("recon"), "h": h, "H": H, "n": n, "global_step": result.get("global_step"),
            "seconds": result.get("seconds"), "message": result.get("message", "")}
-    ref = refs.get((n, job["seed"]))
+    ref = refs.get((n, job["seed"], job["latent_dim"]))
     if H is not None and ref is not None:
         out.update(gap=ref - H, H_ref=ref)
     for k in ("eig_min", "eig_max"):
@@ -111,52 +127,77 @@ def main(argv=None) -> int:
                    help="save each training's validation fidelity (gens.fidelity, every ~100 steps) as DIR/*.json")
     args = p.parse_args(argv)
 
-    from gens.reproduce.measure import run_jobs
-
     if args.history:
         os.makedirs(args.history, exist_ok=True)
     jobs = jobs_for(args)
     print(f"# {len(jobs)} trainings; {' '.join(sys.argv)}", flush=True)
+    rows = run_grid(jobs, args.jobs, args.out, FIELDS)
+    print_means(rows)
+    return 0
+
+
+KEYS = (("row", 9), ("method", 4), ("options", 24))  # the columns (and widths) a printed row starts with
+
+
+def run_grid(jobs: list[dict], n_jobs: int, out: str | None, fields: list[str], summarise=summarise,
+             keys=KEYS) -> list[dict]:
+    """Train and measure ``jobs`` (``n_jobs`` at once); each result becomes a ``summarise(job, result, refs)`` row,
+    printed (``fmt``) and appended to the CSV ``out`` (header ``fields``) as it finishes. Returns the rows."""
+    from gens.reproduce.measure import run_jobs
+
     fh = writer = None
-    if args.out:
-        new = not os.path.exists(args.out)
-        fh = open(args.out, "a", newline="")
-        writer = csv.DictWriter(fh, FIELDS, extrasaction="ignore")
+    if out:
+        new = not os.path.exists(out)
+        fh = open(out, "a", newline="")
+        writer = csv.DictWriter(fh, fields, extrasaction="ignore")
         if new:
             writer.writeheader()
     refs, rows = {}, []
 
     def done(job, result):
-        if (job["n"], job["seed"]) not in refs:
-            refs[(job["n"], job["seed"])] = reference(job["n"], job["seed"], args.latent_dim)
+        key = (job["n"], job["seed"], job["latent_dim"])
+        if key not in refs:
+            refs[key] = reference(*key)
         row = summarise(job, result, refs)
         rows.append(row)
-        print(fmt(row), flush=True)
+        print(fmt(row, keys), flush=True)
         if writer:
             writer.writerow(row)
             fh.flush()
 
-    run_jobs(jobs, args.jobs, on_done=done)
-    print("\n# mean over seeds: row method options | gap | MSE | eig min / max | std min / max | ok seeds")
+    try:
+        run_jobs(jobs, n_jobs, on_done=done)
+    finally:
+        if fh:
+            fh.close()
+    return rows
+
+
+def print_means(rows: list[dict], keys=KEYS) -> None:
+    """The mean over seeds of each group of ``rows`` with the same ``keys`` values."""
+    print(f"\n# mean over seeds: {' '.join(k for k, _ in keys)} | gap | MSE | eig min / max | std min / max | ok seeds")
     groups = {}
     for r in rows:
-        groups.setdefault((r["row"], r["method"], r["options"]), []).append(r)
-    for (row, method, options), rs in groups.items():
+        groups.setdefault(tuple(r.get(k) for k, _ in keys), []).append(r)
+    for group, rs in groups.items():
         def mean(k):
             vals = [r[k] for r in rs if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
             return f"{sum(vals) / len(vals):.3f}" if vals else "-"
         oks = sum(bool(r.get("ok")) for r in rs)
-        print(f"{row:<9} {method:<4} {options or '-':<24} | {mean('gap')} | {mean('recon')} | {mean('eig_min')} / "
+        print(f"{_label(group, keys)} | {mean('gap')} | {mean('recon')} | {mean('eig_min')} / "
               f"{mean('eig_max')} | {mean('std_min')} / {mean('std_max')} | {oks}/{len(rs)}")
-    return 0
 
 
-def fmt(r: dict) -> str:
+def _label(values, keys) -> str:
+    return " ".join(f"{str(v) if v not in (None, '') else '-':<{w}}" for v, (_, w) in zip(values, keys))
+
+
+def fmt(r: dict, keys=KEYS) -> str:
     def f(k, spec=".3f"):
         v = r.get(k)
         return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "-"
 
-    return (f"{r['row']:<9} {r['method']:<4} {r['options'] or '-':<24} seed={r['seed']} steps={r.get('global_step')} "
+    return (f"{_label([r.get(k) for k, _ in keys], keys)} seed={r['seed']} steps={r.get('global_step')} "
             f"{r['status']:<8} gap={f('gap')} mse={f('recon', '.4f')} eig=[{f('eig_min', '.2f')},{f('eig_max', '.2f')}] "
             f"std=[{f('std_min', '.2f')},{f('std_max', '.2f')}] ok={r.get('ok')} h={f('h')} {f('seconds', '.0f')}s "
             f"{r.get('message', '')}")
