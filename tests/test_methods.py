@@ -269,7 +269,7 @@ def test_bandwidth_scale_outside_0_1_is_refused(scale):
 
 
 def test_bandwidth_at_least_one_is_refused_with_advice():
-    with pytest.raises(ValueError, match=r"^bandwidth: h = 1.05 \(l = 2, m = 10000; the given bandwidth\) must be < 1"
+    with pytest.raises(ValueError, match=r"^bandwidth: h = 1.05 \(l = 2, m = 2000; the given bandwidth\) must be < 1"
                                          r".*larger bank_size.*smaller latent_dim.*bandwidth_correction=True"
                                          r".*bandwidth_scale"):
         GENModule(SHAPE, 2, bandwidth=1.05, **SMALL)

@@ -150,7 +150,7 @@ class GENConfig(NetworkConfig):
     lam: float = option(GEN_LAM, "regulariser weight lambda")
     objective: str = option("nonsaturating", "GEN: form of the eq. 3 JSD term", choices=OBJECTIVES)
     bank_mode: str = option("refresh", "GEN: latent bank", choices=BANKS)
-    bank_size: int = option(10000, "GEN: bank size m, capped at the data")
+    bank_size: int = option(2000, "GEN: bank size m, capped at the data")
     refresh_every: int = option(10, "GEN: re-encode the bank every kb batches")
     bank_reshuffle: bool = option(False, "GEN, experimental: draw a new bank sample set every epoch (measured: no "
                                   "effect beyond seed noise, BENCHMARKS.md)", experimental=True)

@@ -90,7 +90,7 @@ class GENModule(BaseAutoencoder):
     def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,
                  betas=(0.5, 0.999), target_spec=None, bandwidth=None, bandwidth_correction: bool = False,
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",
-                 bank_size: int = 10000, refresh_every: int = 10, bank_reshuffle: bool = False,
+                 bank_size: int = 2000, refresh_every: int = 10, bank_reshuffle: bool = False,
                  eps: float | None = None, query_noise: bool = False, bandwidth_scale: float = DEFAULT_BANDWIDTH_SCALE,
                  leave_one_out: bool = True, coverage: float = DEFAULT_COVERAGE, coverage_draws: int = 1):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)
