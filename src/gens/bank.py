@@ -166,7 +166,7 @@ class BankStrategy:
     itself as ``gen`` (its ``encoder``, ``device``, ``current_epoch``, options ``refresh_every`` and
     ``bank_reshuffle``, and ``_batches``: the training batches done so far). The base class keeps the bank
     as the encodings of m training samples drawn at random when training starts, re-encoded only then;
-    every query sees every row.
+    every query sees every row (its ``keys`` stay unknown).
 
     Attributes: ``bank`` (the ``LatentBank``), ``source`` ((n_train, getter(index tensor) -> samples), or
     (None, None) when the data give no random access), ``indices`` ((m,) the samples' indices), ``samples``
@@ -180,6 +180,7 @@ class BankStrategy:
         self.source = (None, None)
         self.indices = None
         self.samples = None
+        self.keys = None  # (k,) content keys (sample_keys) of the samples the rows encode; None: unknown
 
     # ---- training start and resume
     def restorable(self, state, n, m: int) -> bool:
@@ -223,8 +224,11 @@ class BankStrategy:
         """After a training minibatch's loss: its detached latents z: (n, l) and samples x: (n, *data_shape)."""
 
     def hidden_rows(self, gen, x: torch.Tensor) -> torch.Tensor | None:
-        """(k,) bool over the bank's rows: those minibatch x may not see (GEN ``leave_one_out``); None: all visible."""
-        return None
+        """(k,) bool over the bank's rows: those minibatch x may not see (GEN ``leave_one_out``): the rows whose
+        content key (``keys``) is one of x's samples; None (all visible) while the rows' keys are unknown."""
+        if self.keys is None or len(self.keys) != len(self.bank):
+            return None
+        return torch.isin(self.keys, sample_keys(x).to(self.keys.device))
 
     # ---- helpers
     def refresh(self, gen) -> torch.Tensor:
@@ -261,10 +265,6 @@ class RefreshBank(BankStrategy):
 
     needs_samples = True
 
-    def __init__(self, size: int, dim: int):
-        super().__init__(size, dim)
-        self.keys = None  # (m,) content keys of the samples (sample_keys)
-
     def on_epoch_start(self, gen) -> None:
         if self.reshuffle_due(gen):
             self.draw_samples(gen)
@@ -273,11 +273,6 @@ class RefreshBank(BankStrategy):
     def on_batch_start(self, gen) -> None:
         if gen._batches > 0 and gen._batches % gen.refresh_every == 0:
             gen.refresh_bank()
-
-    def hidden_rows(self, gen, x: torch.Tensor) -> torch.Tensor | None:
-        if self.keys is None or len(self.keys) != len(self.bank):
-            return None
-        return torch.isin(self.keys, sample_keys(x).to(self.keys.device))
 
     def use_samples(self, gen, idx: torch.Tensor) -> None:
         super().use_samples(gen, idx)
@@ -293,10 +288,6 @@ class QueueBank(BankStrategy):
     allow random access; else it starts empty). Each row keeps its sample's content key, so with
     ``leave_one_out`` a minibatch does not see the rows of its own samples (they are in the queue when it
     holds more than an epoch of minibatches, i.e. on data sets with fewer than about m samples)."""
-
-    def __init__(self, size: int, dim: int):
-        super().__init__(size, dim)
-        self.keys = None  # (k,) content keys of the rows (sample_keys), oldest first; None: unknown
 
     def setup(self, gen, m: int, source, state=None) -> None:
         self.keys = None
@@ -322,15 +313,11 @@ class QueueBank(BankStrategy):
         """Append the latents z: (n, l) of samples x to the queue, with their content keys."""
         self.bank.push(z)
         keys = all_gather_rows(sample_keys(x).to(z.device))
-        if self.keys is None and len(self.bank) > len(keys):  # rows of unknown samples (restored without keys)
+        if self.keys is not None:
+            keys = torch.cat([self.keys.to(z.device), keys])
+        elif len(self.bank) > len(keys):  # older rows of unknown samples (restored without keys): keys stay unknown
             return
-        self.keys = keys[-self.bank.size:] if self.keys is None else torch.cat([self.keys.to(z.device), keys])[
-            -self.bank.size:]
-
-    def hidden_rows(self, gen, x: torch.Tensor) -> torch.Tensor | None:
-        if self.keys is None or len(self.keys) != len(self.bank):
-            return None
-        return torch.isin(self.keys, sample_keys(x).to(self.keys.device))
+        self.keys = keys[-self.bank.size:]
 
 
 class EMAQueueBank(QueueBank):
