@@ -228,9 +228,17 @@ class BankStrategy:
         content key (``keys``) is one of x's samples; None (all visible) while the rows' keys are unknown."""
         if self.keys is None or len(self.keys) != len(self.bank):
             return None
-        return torch.isin(self.keys, sample_keys(x).to(self.keys.device))
+        return torch.isin(self.keys, self.keys_of(x).to(self.keys.device))
 
     # ---- helpers
+    def keys_of(self, x: torch.Tensor) -> torch.Tensor:
+        """``sample_keys(x)``, computed once per minibatch: ``hidden_rows`` and a queue's ``push`` both need them
+        for the same x in one step (the last x and its keys are kept; a new tensor is keyed afresh)."""
+        last = getattr(self, "_last_keys", None)
+        if last is None or last[0] is not x:
+            last = self._last_keys = (x, sample_keys(x))
+        return last[1]
+
     def refresh(self, gen) -> torch.Tensor:
         """Re-encode the bank's samples with ``gen.encoder`` (no gradients; shared across DDP ranks)."""
         return self.bank.refresh(gen.encoder, self.samples)
@@ -312,7 +320,7 @@ class QueueBank(BankStrategy):
     def push(self, gen, z: torch.Tensor, x: torch.Tensor) -> None:
         """Append the latents z: (n, l) of samples x to the queue, with their content keys."""
         self.bank.push(z)
-        keys = all_gather_rows(sample_keys(x).to(z.device))
+        keys = all_gather_rows(self.keys_of(x).to(z.device))
         if self.keys is not None:
             keys = torch.cat([self.keys.to(z.device), keys])
         elif len(self.bank) > len(keys):  # older rows of unknown samples (restored without keys): keys stay unknown
