@@ -17,10 +17,11 @@ Bandwidth rules (GEN only; the AAE and WAE get rule "-"):
 A rule whose h would be >= 1 is refused by the GEN before its first step; the row then has status "error" and
 the message says why. Seeds: ``--seeds`` for every row, else 3 (0 1 2) on full MNIST and 1 (0) on the smaller rows.
 
-Architectures: ``fc`` (the MLP pair, ``gens.networks.MLPEncoder`` / ``MLPDecoder``) for every row. ``conv``
-(``gens.networks.ConvEncoder`` / ``ConvDecoder``) needs image sides >= 32 and divisible by 8, so the library's
-conv pair does not handle MNIST's 28x28 (nor digits' 8x8) yet: ``--arch conv`` on such a row is refused before
-anything trains (no other network is built here).
+Architectures: ``fc`` (the MLP pair, ``gens.networks.MLPEncoder`` / ``MLPDecoder``) and ``conv``
+(``gens.networks.ConvEncoder`` / ``ConvDecoder``) for every row: the conv pair zero-pads MNIST's 28x28 (and
+digits' 8x8) to 32x32 inside the encoder and crops the decoder's 32x32 back (``gens.networks.conv_padded_shape``).
+An arch that ``gens.networks.build_networks`` refuses for a row's images is refused before anything trains (no
+other network is built here).
 
     python benchmarks/latent_dims.py --dims 16 32 64 128 --rows mnist10k mnist --methods gen aae wae \\
         --bandwidth-rules h_opt corrected --jobs 2 --threads 1 --mnist /work/shared/data/mnist \\
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--bandwidth-rules", nargs="+", default=list(RULES), choices=list(RULES),
                    help="GEN bandwidth rules: h_opt (the default GEN) and corrected (bandwidth_correction=True)")
     p.add_argument("--arch", nargs="+", default=["fc"], choices=["fc", "conv"],
-                   help="network pairs (conv: refused for 28x28 MNIST, see the docstring)")
+                   help="network pairs (conv: 28x28 and 8x8 images padded to 32x32, see the docstring)")
     p.add_argument("--options", nargs="*", default=[], help="method:key=value,... for every training of a method")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: DEFAULT_STEPS x --budget-scale)")
     p.add_argument("--budget-scale", type=float, default=1.0, help="train this many times DEFAULT_STEPS steps")

@@ -41,7 +41,16 @@ def test_grid_rules_only_for_the_gen_and_seeds_per_row(latent_dims):
     assert sorted(j["seed"] for j in jobs if j["row"] == "mnist" and j["method"] == "aae") == [0, 0, 1, 1, 2, 2]
     assert jobs[0]["data"] == "mnist:/data/mnist" and jobs[0]["limit"] == 10000
     assert {j["steps"] for j in latent_dims.jobs_for(_args(steps=7, seeds=[3]))} == {7}
-    with pytest.raises(ValueError, match="^arch: 'conv' cannot train row 'mnist10k'.*sides >= 32"):
+    # the conv pair pads 28x28 to 32x32 now (it was refused before): one job per arch
+    both = latent_dims.jobs_for(_args(arch=["fc", "conv"]))
+    assert len(both) == 2 * len(jobs) and {j["arch"] for j in both} == {"fc", "conv"}
+    assert all(j["kwargs"]["arch"] == j["arch"] for j in both)
+    assert latent_dims.arch_problem("digits", "conv") is None
+
+
+def test_unbuildable_arch_refused_before_training(latent_dims, monkeypatch):
+    monkeypatch.setitem(latent_dims.SHAPES, "mnist10k", (784,))  # flat data: no conv pair
+    with pytest.raises(ValueError, match=r"^arch: 'conv' cannot train row 'mnist10k'.*needs images of shape"):
         latent_dims.jobs_for(_args(arch=["fc", "conv"]))
 
 

@@ -52,6 +52,11 @@ def test_conv_depth_and_overrides():
     assert isinstance(build_networks((3, 32, 32), 8, arch="fc")[0], MLPEncoder)
     enc, dec = build_networks((1, 32, 32), 8, arch="conv")  # grayscale conv on request
     assert dec(enc(torch.rand(2, 1, 32, 32))).shape == (2, 1, 32, 32)
+    # 28x28 was refused before the conv pair padded it (tests/test_conv_padding.py): now the 32x32 stack
+    enc, dec = build_networks((1, 28, 28), 8, arch="conv")
+    assert isinstance(enc, ConvEncoder) and enc.padded_shape == (1, 32, 32)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in enc.modules()) == 3
+    assert dec(enc(torch.rand(2, 1, 28, 28))).shape == (2, 1, 28, 28)
 
 
 def test_gradients_reach_every_parameter():
@@ -64,7 +69,7 @@ def test_gradients_reach_every_parameter():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(data_shape=(1, 8, 8), latent_dim=64), "latent_dim: must be smaller than the data dimension 64"),
     (dict(data_shape=(5,), latent_dim=0), "latent_dim: must be an integer >= 1"),
-    (dict(data_shape=(1, 28, 28), latent_dim=8, arch="conv"), "arch: 'conv' needs image sides >= 32"),
+    (dict(data_shape=(28, 28), latent_dim=8, arch="conv"), r"arch: 'conv' needs images of shape \(C, H, W\)"),
     (dict(data_shape=(10,), latent_dim=2, arch="conv"), "arch: 'conv' needs images of shape"),
     (dict(data_shape=(10,), latent_dim=2, arch="cnn"), "arch: must be one of"),
     (dict(data_shape=(10,), latent_dim=2, hidden=(0,)), "hidden: must be an integer >= 1"),

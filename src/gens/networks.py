@@ -3,14 +3,18 @@
 - ``MLPEncoder`` / ``MLPDecoder``: the paper's fully connected pair ("FC-layers"): the data flattened,
   two hidden layers of 1000 ReLU units by default, a linear latent layer; the decoder mirrors it and
   ends in a sigmoid so outputs lie in [0, 1] like the images.
-- ``ConvEncoder`` / ``ConvDecoder``: a DCGAN-style pair for square-ish colour images whose sides are
-  divisible by 8 (32x32: three stride-2 4x4 convolutions, 64x64 and larger: four), ReLU, no batch
+- ``ConvEncoder`` / ``ConvDecoder``: a DCGAN-style pair for images (C, H, W): three stride-2 4x4
+  convolutions when the smaller side is < 64 (SVHN 32x32), four from 64 (CelebA 64x64), ReLU, no batch
   normalisation (a GEN's bank is encoded in batches of thousands; batch statistics would make a
   sample's latent depend on its batch), a linear latent layer; the decoder mirrors it with transposed
-  convolutions and a sigmoid.
+  convolutions and a sigmoid. The stack works on sides >= 32 divisible by 2^depth (8, or 16 for four
+  stages); any other image is zero-padded (centred) to the smallest such size, each side separately, by the
+  encoder, and the decoder produces that padded size and crops the centre back to (H, W): MNIST's
+  28x28 runs through the 32x32 stack, digits' 8x8 too (see ``conv_padded_shape``). Shapes that need no
+  padding build exactly the networks they always did.
 - ``build_networks(data_shape, latent_dim, arch="auto")`` picks one: ``"auto"`` is ``"conv"`` for
   colour images (3, H, W) with H, W >= 32 divisible by 8 (SVHN 32x32, CelebA 64x64), ``"fc"``
-  otherwise (MNIST, digits, flat data).
+  otherwise (MNIST, digits, flat data); ``arch="conv"`` takes any (C, H, W).
 
 Shapes: encoder (n, *data_shape) -> (n, out_mult * l); decoder (n, l) -> (n, *data_shape).
 ``out_mult=2`` gives the VAE's (mean, log-variance) head.
@@ -21,11 +25,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gens._validation import check_choice, check_int
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_networks", "choose_arch", "mlp"]
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_networks", "choose_arch", "conv_padded_shape",
+           "mlp"]
 
 ARCHS = ("auto", "fc", "conv")
 
@@ -66,33 +72,59 @@ class MLPDecoder(nn.Module):
         return torch.sigmoid(self.net(z)).view(z.shape[0], *self.data_shape)
 
 
+MIN_CONV_SIDE = 32  # the smallest side the stride-2 stack takes without padding (a 4x4 map at its head)
+
+
 def _conv_depth(data_shape) -> int:
-    """Number of stride-2 stages: 3 for sides < 64, 4 otherwise."""
+    """Number of stride-2 stages: 3 for sides < 64, 4 otherwise (of the padded shape)."""
     return 3 if min(data_shape[1:]) < 64 else 4
 
 
-def _check_conv_shape(data_shape) -> None:
-    if len(data_shape) != 3:
-        raise ValueError(f"arch: 'conv' needs images of shape (C, H, W), got data shape {tuple(data_shape)}; use arch='fc'")
-    k = 2 ** _conv_depth(data_shape)
-    if min(data_shape[1:]) < 32 or data_shape[1] % k or data_shape[2] % k:
-        raise ValueError(
-            f"arch: 'conv' needs image sides >= 32 and divisible by {k}, got data shape {tuple(data_shape)}; "
-            "use arch='fc' or resize the images"
-        )
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def conv_padded_shape(data_shape) -> tuple[int, int, int]:
+    """The (C, H', W') that ``ConvEncoder`` / ``ConvDecoder`` run at for images of shape ``data_shape`` = (C, H, W).
+
+    Each side is rounded up to the smallest size >= 32 divisible by 8 (16 when both padded sides are >= 64, where
+    the stack has four stride-2 stages); shapes already like that are returned unchanged (no padding). MNIST's
+    28x28 -> 32x32, digits' 8x8 -> 32x32, 3x64x72 -> 3x64x80. Tiny images are padded to 32 rather than given a
+    shallower stack so that every image below 32x32 runs through the same network as a 32x32 one; the cost is
+    compute on the zero border (16 times the pixels for 8x8). Raises ``ValueError("arch: ...")`` for a shape
+    that is not (C, H, W) with positive sizes.
+    """
+    shape = tuple(data_shape)
+    if len(shape) != 3 or any(int(s) != s or s < 1 for s in shape):
+        raise ValueError(f"arch: 'conv' needs images of shape (C, H, W), got data shape {shape}; use arch='fc'")
+    c, h, w = (int(s) for s in shape)
+    h, w = max(MIN_CONV_SIDE, _round_up(h, 8)), max(MIN_CONV_SIDE, _round_up(w, 8))
+    k = 2 ** _conv_depth((c, h, w))
+    return c, _round_up(h, k), _round_up(w, k)
+
+
+def _centre_pads(data_shape, padded) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zeros that centre an (H, W) image in the padded (H', W'), as ``F.pad`` takes them."""
+    (_, h, w), (_, ph, pw) = data_shape, padded
+    top, left = (ph - h) // 2, (pw - w) // 2
+    return left, pw - w - left, top, ph - h - top
 
 
 class ConvEncoder(nn.Module):
     """DCGAN-style encoder: stride-2 4x4 convolutions (64, 128, 256[, 512] channels), ReLU, linear head.
 
-    x: (n, C, H, W) -> (n, out_mult * latent_dim).
+    x: (n, C, H, W) -> (n, out_mult * latent_dim). Images whose sides are not >= 32 and divisible by 8 (16 from 64)
+    are zero-padded, centred, to ``conv_padded_shape(data_shape)`` first (28x28 -> 32x32); ``padded_shape`` and
+    ``pad`` (left, right, top, bottom) record it. Without padding the network is exactly the unpadded one.
     """
 
     def __init__(self, data_shape, latent_dim: int, base_channels: int = 64, out_mult: int = 1):
         super().__init__()
-        _check_conv_shape(data_shape)
-        c, h, w = data_shape
-        depth = _conv_depth(data_shape)
+        self.padded_shape = conv_padded_shape(data_shape)
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.pad = _centre_pads(self.data_shape, self.padded_shape)
+        c, h, w = self.padded_shape
+        depth = _conv_depth(self.padded_shape)
         chans = [c] + [base_channels * 2**i for i in range(depth)]
         layers: list[nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:]):
@@ -101,20 +133,26 @@ class ConvEncoder(nn.Module):
         self.head = nn.Linear(chans[-1] * (h >> depth) * (w >> depth), out_mult * latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad)
         return self.head(self.conv(x).flatten(1))
 
 
 class ConvDecoder(nn.Module):
     """Mirror of ``ConvEncoder`` with transposed convolutions and a sigmoid.
 
-    z: (n, latent_dim) -> (n, C, H, W) in [0, 1].
+    z: (n, latent_dim) -> (n, C, H, W) in [0, 1]. The transposed convolutions produce
+    ``conv_padded_shape(data_shape)`` (e.g. 32x32 for 28x28 images) and the centre (H, W) is cropped out, the
+    region the encoder's padding put the image in; without padding nothing is cropped.
     """
 
     def __init__(self, data_shape, latent_dim: int, base_channels: int = 64):
         super().__init__()
-        _check_conv_shape(data_shape)
-        c, h, w = data_shape
-        depth = _conv_depth(data_shape)
+        self.padded_shape = conv_padded_shape(data_shape)
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.pad = _centre_pads(self.data_shape, self.padded_shape)
+        c, h, w = self.padded_shape
+        depth = _conv_depth(self.padded_shape)
         chans = [base_channels * 2**i for i in reversed(range(depth))]  # e.g. 256, 128, 64
         self.start = (chans[0], h >> depth, w >> depth)
         self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), nn.ReLU())
@@ -125,7 +163,11 @@ class ConvDecoder(nn.Module):
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.deconv(self.fc(z).view(z.shape[0], *self.start)))
+        y = self.deconv(self.fc(z).view(z.shape[0], *self.start))
+        if any(self.pad):
+            left, _, top, _ = self.pad
+            y = y[:, :, top:top + self.data_shape[1], left:left + self.data_shape[2]]
+        return torch.sigmoid(y)
 
 
 def choose_arch(data_shape, arch: str = "auto") -> str:
@@ -143,7 +185,8 @@ def build_networks(data_shape, latent_dim: int, arch: str = "auto", hidden=(1000
     """Return ``(encoder, decoder)`` for data of shape ``data_shape`` (no batch axis) and latent dimension ``latent_dim``.
 
     ``arch``: ``"fc"`` (the paper's FC-layers, ``hidden`` units per layer), ``"conv"`` (``ConvEncoder`` /
-    ``ConvDecoder``, ``hidden`` unused), or ``"auto"`` (see ``choose_arch``). ``out_mult``: the encoder
+    ``ConvDecoder`` for any (C, H, W), padded to ``conv_padded_shape`` inside them; ``hidden`` unused), or
+    ``"auto"`` (see ``choose_arch``). ``out_mult``: the encoder
     outputs ``out_mult * latent_dim`` numbers (2 for the VAE's mean and log-variance).
     """
     data_shape = tuple(int(s) for s in data_shape)
