@@ -8,6 +8,9 @@ vars, ``LOCAL_RANK`` set) runs, in each rank:
    gathered; queue pushes of different sizes per rank are gathered in rank order.
 2. A ``GENModule`` trained by ``lightning.Trainer(strategy="ddp", accelerator="cpu", devices=2)``, once
    per bank mode; both ranks must end with identical banks built from the same training samples.
+3. An ``AEModule`` trained the same way with ``gens.averaging.WeightAverage``: both ranks must end with the
+   same averaged weights and the same latent Gaussian, fitted to all training samples (each rank encodes its
+   share) by the averaged encoder.
 
 Each rank writes what it holds to files; the tests compare them.
 """
@@ -78,10 +81,41 @@ def _lightning(rank: int, world: int, folder: str, port: int, mode: str) -> None
     dist.destroy_process_group()
 
 
+AE_X = torch.rand(37, 1, 4, 4, generator=torch.Generator().manual_seed(1))  # an uneven split across the ranks
+
+
+class SaveModel(L.Callback):
+    """Write each rank's parameters and buffers at the end of training (after the average is copied in)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_end(self, trainer, module):
+        torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()},
+                   self.path.format(rank=trainer.global_rank))
+
+
+def _averaged_ae(rank: int, world: int, folder: str, port: int) -> None:
+    from gens.averaging import WeightAverage
+    from gens.data import GensDataModule
+    from gens.methods import AEModule
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), NODE_RANK="0",
+                      LOCAL_RANK=str(rank), RANK=str(rank))
+    torch.manual_seed(0)
+    module = AEModule((1, 4, 4), 2, hidden=[8])
+    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=world, max_steps=5, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[WeightAverage(), SaveModel(f"{folder}/ae{{rank}}.pt")])
+    trainer.fit(module, datamodule=GensDataModule(AE_X, batch_size=8, val_fraction=0.0))
+    dist.destroy_process_group()
+
+
 def _worker(rank: int, world: int, folder: str, ports: list[int]) -> None:
     _raw_bank(rank, world, folder, ports[0])
     for mode, port in zip(MODES, ports[1:]):
         _lightning(rank, world, folder, port, mode)
+    _averaged_ae(rank, world, folder, ports[len(MODES) + 1])
 
 
 def _free_port() -> int:
@@ -93,7 +127,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, str(folder), [_free_port() for _ in range(3)]), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(folder), [_free_port() for _ in range(len(MODES) + 2)]), nprocs=2, join=True)
     return folder
 
 
@@ -123,3 +157,19 @@ def test_gen_ranks_hold_the_same_bank_after_ddp_training(ranks, mode):
     assert b0["batches"] == b1["batches"] == 5
     torch.testing.assert_close(b0["bank"], b1["bank"], rtol=0, atol=0)
     torch.testing.assert_close(b0["idx"], b1["idx"], rtol=0, atol=0)  # the same 40 training samples
+
+
+def test_averaged_ae_ranks_agree_and_fit_all_training_latents(ranks):
+    from gens.methods import AEModule
+
+    s0, s1 = _load(ranks, "ae")
+    assert s0.keys() == s1.keys()
+    for k in s0:
+        torch.testing.assert_close(s0[k], s1[k], rtol=0, atol=0, msg=k)
+    module = AEModule((1, 4, 4), 2, hidden=[8])
+    module.load_state_dict(s0)
+    with torch.no_grad():
+        z = module.encode(AE_X).double()
+    torch.testing.assert_close(s0["latent_mean"], z.mean(0))
+    cov = torch.cov(z.T, correction=0) + 1e-6 * torch.eye(2, dtype=torch.float64)
+    torch.testing.assert_close(s0["latent_cov"], cov)

@@ -129,6 +129,7 @@ def test_run_config_defaults_are_the_config(method):
     train, run = C.defaults(C.TrainConfig), C.defaults(C.RunConfig)
     assert resolve_config({"method": method})["latent_dim"] == train["latent_dim"]
     assert cfg["batch_size"] == train["batch_size"]
+    assert cfg["weight_average"] == train["weight_average"] == C.WEIGHT_AVERAGE
     assert cfg["epochs"] is None and cfg["steps"] == C.DEFAULT_STEPS
     for k in ("data", "seed", "limit", "val_fraction", "checkpoint_every", "accelerator", "num_nodes", "strategy"):
         assert cfg[k] == run[k], k
@@ -166,6 +167,10 @@ def test_train_function_defaults_are_the_config():
     t = C.defaults(C.TrainConfig)
     assert (p["latent_dim"].default, p["batch_size"].default) == (t["latent_dim"], t["batch_size"])
     assert p["max_epochs"].default is None and p["max_steps"].default is None
+    from gens.training import WEIGHT_AVERAGE, fit
+
+    assert p["weight_average"].default == inspect.signature(fit).parameters["weight_average"].default \
+        == t["weight_average"] == WEIGHT_AVERAGE == C.WEIGHT_AVERAGE
 
 
 # ------------------------------------------------------------------------------------ the budget

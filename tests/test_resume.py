@@ -2,7 +2,8 @@
 
 A training subprocess is killed (SIGKILL, no clean-up) mid-epoch between two checkpoints; `gens train
 --resume RUN` continues from RUN/checkpoints/last.ckpt and must end with exactly the weights (and GEN
-bank) of an uninterrupted run with the same seed. So must a run that finished on its budget and is resumed
+bank) of an uninterrupted run with the same seed: with weight averaging on (the default, ``gens.averaging``) the
+average, the live weights and the update count. So must a run that finished on its budget and is resumed
 with a larger one (`--steps 10`, then `--resume RUN --steps 16`).
 """
 
@@ -40,14 +41,22 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def _final(run):
+    """(the model (with weight averaging, the default: the average), GEN bank, step, epoch, the live weights and
+    the averaging state (None without averaging)) of a run's last.ckpt."""
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    return ckpt["state_dict"], ckpt.get("gen_bank"), ckpt["global_step"], ckpt["epoch"]
+    live = {"current_model_state": ckpt.get("current_model_state"), "averaging_state": ckpt.get("averaging_state")}
+    return ckpt["state_dict"], ckpt.get("gen_bank"), ckpt["global_step"], ckpt["epoch"], live
 
 
 def _assert_same(a, b):
-    sa, bank_a, step_a, epoch_a = a
-    sb, bank_b, step_b, epoch_b = b
+    sa, bank_a, step_a, epoch_a, live_a = a
+    sb, bank_b, step_b, epoch_b, live_b = b
     assert (step_a, epoch_a) == (step_b, epoch_b)
+    for key in live_a:  # the live weights and the update count behind the average
+        assert (live_a[key] is None) == (live_b[key] is None), key
+        if live_a[key] is not None:
+            assert live_a[key].keys() == live_b[key].keys()
+            assert all(torch.equal(live_a[key][k], live_b[key][k]) for k in live_a[key]), f"{key} differs"
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), f"{k} differs after resume"
@@ -63,7 +72,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def reference_gen(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     train_run(resolve_config({**BASE, **GEN}), out, progress=False, figures=False)
-    return _final(out)
+    final = _final(out)
+    assert final[4]["current_model_state"] is not None  # the default averages the weights (gens.averaging)
+    return final
 
 
 def test_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference_gen):

@@ -10,7 +10,9 @@
   (``Trainer(plugins=[AtomicCheckpointIO()])``), so ``ModelCheckpoint`` and ``fit(ckpt_path=...)`` are
   atomic and weights-only too.
 - ``module_from_checkpoint(path_or_dict)``: rebuild a gens LightningModule from a weights-only load
-  (hyperparameters + state dict), never through ``load_from_checkpoint``.
+  (hyperparameters + state dict), never through ``load_from_checkpoint``. With weight averaging
+  (``gens.averaging``, the default) ``state_dict`` is the average, the trained model; the live weights
+  (``current_model_state``) and ``averaging_state`` are only for resuming.
 - Exact resume: ``EpochSampler`` (a training-set permutation drawn from (seed, epoch) alone, able to
   skip the batches already trained) and ``ResumeCallback`` (stores the position in the epoch in the
   checkpoint; reseeds torch / numpy / random from (seed, global step) before every training batch, so

@@ -95,6 +95,7 @@ class PersistenceMixin:
         return state
 
     def __setstate__(self, state):
+        state = {**type(self)().get_params(deep=False), **state}  # parameters added since: their defaults, as load
         packed = state.pop("_module_state", None)
         self.__dict__.update(state)
         if packed is not None:

@@ -12,7 +12,9 @@ Each estimator trains the matching ``gens.methods`` LightningModule on the array
 path, ``gens.training.fit`` (as ``gens train`` and ``gens reproduce`` do: same seed, data and options, same
 weights), with no validation split unless ``val_fraction > 0`` (``gens train`` holds out 0.1; pass
 ``val_fraction=0.1`` to train exactly its model). The budget: ``max_steps`` optimiser steps, ``max_epochs``
-epochs, whichever ends first when both are given; neither: ``gens.training.DEFAULT_STEPS`` steps. Every
+epochs, whichever ends first when both are given; neither: ``gens.training.DEFAULT_STEPS`` steps. The trained
+model (``module_``) is the exponential moving average of the weights with decay ``weight_average`` (default
+``gens.config.WEIGHT_AVERAGE`` = 0.999, warmed up; 0: the last step's weights; ``gens.averaging``). Every
 parameter's default is declared in ``gens.config`` (``tests/test_defaults.py``). ``__init__`` only stores
 parameters; they are validated in ``fit`` (scikit-learn's rule).
 
@@ -115,9 +117,9 @@ class _GensEstimator(PersistenceMixin, DataMixin, LatentModelMixin, ClassNamePre
         module = training.build(self._method, dm, self.latent_dim, seed=self.seed_, **kwargs)
         history = training.EpochHistory()
         trainer = training.fit(module, dm, seed=self.seed_, max_epochs=self.max_epochs, max_steps=self.max_steps,
-                               callbacks=[history], accelerator=self.accelerator, devices=1,
-                               quiet_logs=not self.verbose, enable_progress_bar=bool(self.verbose),
-                               enable_model_summary=bool(self.verbose))
+                               weight_average=params["weight_average"], callbacks=[history],
+                               accelerator=self.accelerator, devices=1, quiet_logs=not self.verbose,
+                               enable_progress_bar=bool(self.verbose), enable_model_summary=bool(self.verbose))
         module._trainer = None  # the fitted estimator keeps weights, not the training machinery
         self.module_ = module.cpu().eval()
         self.history_ = history.rows
@@ -139,8 +141,11 @@ class _GensEstimator(PersistenceMixin, DataMixin, LatentModelMixin, ClassNamePre
         from gens.training import budget
 
         budget(self.max_epochs, self.max_steps)  # max_epochs / max_steps: ints >= 1 or None
+        from gens.averaging import check_weight_average
+
         return {
             "batch_size": check_int("batch_size", self.batch_size, minimum=1),
+            "weight_average": check_weight_average(self.weight_average),
             "val_fraction": check_float("val_fraction", self.val_fraction, 0.0, 1.0, max_inclusive=False),
             "lr": check_float("lr", self.lr, minimum=0.0, min_inclusive=False),
         }
@@ -210,9 +215,10 @@ class GEN(_GensEstimator):
     at the training samples), ``refresh_every`` (kb), ``bandwidth`` (None: h_opt), ``bandwidth_correction``,
     ``bandwidth_scale`` (factor on h_opt), ``leave_one_out`` (leave each minibatch's own samples out of the bank), ``coverage`` (weight of the target-sample half of eq. 2),
     ``target`` (None or "normal": N(0, I); "mog:K[:SCALE]"; a spec dict; a ``gens.targets.Target``);
-    shared: ``max_epochs``, ``max_steps``, ``batch_size``, ``lr``, ``hidden``, ``arch``, ``scaling``,
-    ``val_fraction``, ``accelerator``, ``random_state``, ``verbose``. None for a module option: the module's
-    default. See the module docstring for the attributes.
+    shared: ``max_epochs``, ``max_steps``, ``batch_size``, ``weight_average`` (the decay of the weights'
+    moving average that becomes the trained model, ``gens.averaging``; 0: the last step's weights), ``lr``,
+    ``hidden``, ``arch``, ``scaling``, ``val_fraction``, ``accelerator``, ``random_state``, ``verbose``. None for
+    a module option: the module's default. See the module docstring for the attributes.
     """
 
     _method = "gen"
@@ -221,9 +227,9 @@ class GEN(_GensEstimator):
                  bank_size=_G.bank_size, refresh_every=_G.refresh_every, bandwidth=_G.bandwidth,
                  bandwidth_correction=_G.bandwidth_correction, bandwidth_scale=_G.bandwidth_scale,
                  leave_one_out=_G.leave_one_out, coverage=_G.coverage, target=_E.target, max_epochs=_T.max_epochs,
-                 max_steps=_T.max_steps, batch_size=_T.batch_size, lr=_G.lr, hidden=_G.hidden, arch=_G.arch,
-                 scaling=_E.scaling, val_fraction=_E.val_fraction, accelerator=_E.accelerator,
-                 random_state=_E.random_state, verbose=_E.verbose):
+                 max_steps=_T.max_steps, batch_size=_T.batch_size, weight_average=_T.weight_average, lr=_G.lr,
+                 hidden=_G.hidden, arch=_G.arch, scaling=_E.scaling, val_fraction=_E.val_fraction,
+                 accelerator=_E.accelerator, random_state=_E.random_state, verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -234,9 +240,9 @@ class AE(_GensEstimator):
     _method = "ae"
 
     def __init__(self, latent_dim=_T.latent_dim, *, max_epochs=_T.max_epochs, max_steps=_T.max_steps,
-                 batch_size=_T.batch_size, lr=_AE.lr, hidden=_AE.hidden, arch=_AE.arch, scaling=_E.scaling,
-                 val_fraction=_E.val_fraction, accelerator=_E.accelerator, random_state=_E.random_state,
-                 verbose=_E.verbose):
+                 batch_size=_T.batch_size, weight_average=_T.weight_average, lr=_AE.lr, hidden=_AE.hidden,
+                 arch=_AE.arch, scaling=_E.scaling, val_fraction=_E.val_fraction, accelerator=_E.accelerator,
+                 random_state=_E.random_state, verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -247,9 +253,9 @@ class VAE(_GensEstimator):
     _method = "vae"
 
     def __init__(self, latent_dim=_T.latent_dim, *, lam=_VAE.lam, max_epochs=_T.max_epochs, max_steps=_T.max_steps,
-                 batch_size=_T.batch_size, lr=_VAE.lr, hidden=_VAE.hidden, arch=_VAE.arch, scaling=_E.scaling,
-                 val_fraction=_E.val_fraction, accelerator=_E.accelerator, random_state=_E.random_state,
-                 verbose=_E.verbose):
+                 batch_size=_T.batch_size, weight_average=_T.weight_average, lr=_VAE.lr, hidden=_VAE.hidden,
+                 arch=_VAE.arch, scaling=_E.scaling, val_fraction=_E.val_fraction, accelerator=_E.accelerator,
+                 random_state=_E.random_state, verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -260,9 +266,10 @@ class AAE(_GensEstimator):
     _method = "aae"
 
     def __init__(self, latent_dim=_T.latent_dim, *, lam=_AAE.lam, target=_E.target, disc_hidden=_AAE.disc_hidden,
-                 max_epochs=_T.max_epochs, max_steps=_T.max_steps, batch_size=_T.batch_size, lr=_AAE.lr,
-                 hidden=_AAE.hidden, arch=_AAE.arch, scaling=_E.scaling, val_fraction=_E.val_fraction,
-                 accelerator=_E.accelerator, random_state=_E.random_state, verbose=_E.verbose):
+                 max_epochs=_T.max_epochs, max_steps=_T.max_steps, batch_size=_T.batch_size,
+                 weight_average=_T.weight_average, lr=_AAE.lr, hidden=_AAE.hidden, arch=_AAE.arch, scaling=_E.scaling,
+                 val_fraction=_E.val_fraction, accelerator=_E.accelerator, random_state=_E.random_state,
+                 verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -272,9 +279,9 @@ class WAE(_GensEstimator):
     _method = "wae"
 
     def __init__(self, latent_dim=_T.latent_dim, *, lam=_WAE.lam, target=_E.target, max_epochs=_T.max_epochs,
-                 max_steps=_T.max_steps, batch_size=_T.batch_size, lr=_WAE.lr, hidden=_WAE.hidden, arch=_WAE.arch,
-                 scaling=_E.scaling, val_fraction=_E.val_fraction, accelerator=_E.accelerator,
-                 random_state=_E.random_state, verbose=_E.verbose):
+                 max_steps=_T.max_steps, batch_size=_T.batch_size, weight_average=_T.weight_average, lr=_WAE.lr,
+                 hidden=_WAE.hidden, arch=_WAE.arch, scaling=_E.scaling, val_fraction=_E.val_fraction,
+                 accelerator=_E.accelerator, random_state=_E.random_state, verbose=_E.verbose):
         _set_params(self, locals())
 
 
@@ -299,8 +306,9 @@ class SemiSupervisedGEN(ClassifierMixin, GEN):
                  refresh_every=_S.refresh_every, bandwidth=_S.bandwidth, bandwidth_correction=_S.bandwidth_correction,
                  bandwidth_scale=_S.bandwidth_scale, leave_one_out=_S.leave_one_out, coverage=_S.coverage,
                  target=_E.target, max_epochs=_T.max_epochs, max_steps=_T.max_steps, batch_size=_T.batch_size,
-                 lr=_S.lr, hidden=_S.hidden, arch=_S.arch, scaling=_E.scaling, val_fraction=_E.val_fraction,
-                 accelerator=_E.accelerator, random_state=_E.random_state, verbose=_E.verbose):
+                 weight_average=_T.weight_average, lr=_S.lr, hidden=_S.hidden, arch=_S.arch, scaling=_E.scaling,
+                 val_fraction=_E.val_fraction, accelerator=_E.accelerator, random_state=_E.random_state,
+                 verbose=_E.verbose):
         _set_params(self, locals())
 
     def fit(self, X, y):

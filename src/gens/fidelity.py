@@ -16,7 +16,9 @@ their prior. ``latent_fidelity(z, predicted, ...)`` measures, on latents z: (n, 
 
 ``FidelityMonitor`` is a Lightning callback that measures this every epoch on (up to ``max_samples``)
 validation latents (training latents when there is no validation split), logs ``fidelity/*`` (so metrics.csv and the estimators' ``history_`` hold it), keeps
-``history`` and warns once, at the end of training, when the latents inflated or a direction collapsed.
+``history`` and warns once, at the end of training, when the latents inflated or a direction collapsed. With
+weight averaging (``gens.averaging``) it measures the averaged weights, so the last record describes the
+trained model.
 """
 
 from __future__ import annotations
@@ -135,9 +137,17 @@ class FidelityMonitor(L.Callback):
 
     @torch.no_grad()
     def measure(self, trainer, module) -> dict | None:
+        """The ``latent_fidelity`` record of ``module`` (its averaged weights when the trainer averages them);
+        None on ranks other than 0, with too few samples or non-finite latents."""
         x = self._samples(trainer)
         if len(x) < module.latent_dim + 2 or not trainer.is_global_zero:
             return None
+        from gens.averaging import averaged_weights
+
+        with averaged_weights(trainer, module):
+            return self._measure(trainer, module, x)
+
+    def _measure(self, trainer, module, x) -> dict | None:
         from gens.training import encode_all
 
         was = module.training
@@ -160,8 +170,9 @@ class FidelityMonitor(L.Callback):
             module.train(was)
 
     def on_train_epoch_end(self, trainer, module):
-        final = trainer.current_epoch + 1 >= (trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf) \
-            or (trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)
+        from gens.training import last_epoch
+
+        final = last_epoch(trainer)
         due = trainer.global_step - self._scheduled >= self.min_interval
         if not due and not final:
             return

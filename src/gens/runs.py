@@ -132,7 +132,8 @@ def _train(cfg: dict, folder: RunFolder, resume: bool, progress: bool, callbacks
         if resume:  # a resume from an epoch's end runs that end again, with no validation result yet (LastCheckpoint)
             warnings.filterwarnings("ignore", message=r".*ModelCheckpoint\(monitor='val/loss'\)` could not find")
         trainer = training.fit(module, dm, seed=cfg["seed"], max_epochs=cfg["epochs"], max_steps=cfg.get("steps"),
-                               callbacks=cbs, logger=loggers, ckpt_path=last if resume else None,
+                               weight_average=cfg["weight_average"], callbacks=cbs, logger=loggers,
+                               ckpt_path=last if resume else None,
                                resume_hint=f"gens train --resume {out}",
                                before_fit=lambda _: (folder.write_config(cfg), t0.append(time.perf_counter())),
                                plugins=[AtomicCheckpointIO()], log_every_n_steps=max(1, min(50, batches)),

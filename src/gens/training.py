@@ -8,11 +8,14 @@ and options give bit-identical weights through all three on the CPU (``tests/tes
   from an ``gens.checkpoint.EpochSampler`` ((seed, epoch) alone: resumable to the batch);
 - :func:`build`: ``lightning.seed_everything(seed, workers=True)``, then the method's module;
 - :func:`fit`: the budget (:func:`budget`), ``gens.checkpoint.ResumeCallback`` (reseeds torch / numpy /
-  random from (seed, step) before every batch), :func:`standard_callbacks` (``DivergenceGuard``: stops with
-  ``TrainingDiverged`` on a NaN / infinite loss; ``gens.fidelity.FidelityMonitor``: the validation latents
-  against the predicted distribution every epoch, find it with :func:`fidelity_monitor`), no sanity
-  validation, the warning filters that do not apply to in-memory data, hardware errors as one ValueError,
-  and Ctrl-C as KeyboardInterrupt.
+  random from (seed, step) before every batch), ``gens.averaging.WeightAverage`` (``weight_average`` > 0,
+  default ``WEIGHT_AVERAGE`` = 0.999: an exponential moving average of the weights, updated after every
+  optimiser step, in the module during validation and at the end: the trained model is the average; 0: the
+  last step's weights), :func:`standard_callbacks` (``DivergenceGuard``: stops with ``TrainingDiverged`` on a
+  NaN / infinite loss; ``gens.fidelity.FidelityMonitor``: the validation latents of the averaged model against
+  the predicted distribution every epoch, find it with :func:`fidelity_monitor`), no sanity validation, the
+  warning filters that do not apply to in-memory data, hardware errors as one ValueError, and Ctrl-C as
+  KeyboardInterrupt.
 
     module, trainer = train("gen", "mnist:/data/mnist", latent_dim=8)              # DEFAULT_STEPS steps
     module, trainer = train("gen", "mnist:/data/mnist", latent_dim=8, max_epochs=12)
@@ -23,6 +26,9 @@ and options give bit-identical weights through all three on the CPU (``tests/tes
 - The budget: ``max_steps`` optimiser steps (default ``DEFAULT_STEPS`` when neither it nor ``max_epochs`` is
   given), ``max_epochs`` epochs, or whichever comes first when both are given. Steps, not epochs, so that
   the regulariser gets the same number of updates on 1K samples as on 60K.
+- ``weight_average``: the decay of the weights' moving average (``gens.averaging``; a float in [0, 1));
+  checkpoints hold the average as ``state_dict`` and the live weights as ``current_model_state``, and a
+  resume restores both.
 - ``trainer_kwargs`` go to ``lightning.Trainer`` (accelerator "auto" by default; ``devices``, ``num_nodes``,
   ``strategy``, ``logger``, ``callbacks``... pass through). ``datamodule_kwargs`` to the datamodule
   (``val_fraction`` 0.1 by default, ``limit``, ...). ``module_kwargs`` to the method's module
@@ -41,12 +47,14 @@ import lightning as L
 import torch
 
 from gens._validation import check_int
-from gens.config import DEFAULT_STEPS, PAPER_EPOCHS
+from gens.averaging import LiveWeights, WeightAverage, check_weight_average
+from gens.config import DEFAULT_STEPS, PAPER_EPOCHS, WEIGHT_AVERAGE
 from gens.data import GensDataModule
 
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_STEPS",
+    "WEIGHT_AVERAGE",
     "DivergenceGuard",
     "EpochHistory",
     "ResumableDataModule",
@@ -56,6 +64,7 @@ __all__ = [
     "encode_all",
     "fidelity_monitor",
     "fit",
+    "last_epoch",
     "make_datamodule",
     "quiet",
     "standard_callbacks",
@@ -118,6 +127,14 @@ def standard_callbacks() -> list:
     from gens.fidelity import FidelityMonitor
 
     return [DivergenceGuard(), FidelityMonitor()]
+
+
+def last_epoch(trainer) -> bool:
+    """Whether the training epoch ending now is the last: ``max_epochs`` or ``max_steps`` reached, or a stop
+    asked for (``trainer.should_stop``)."""
+    epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
+    steps = trainer.max_steps if trainer.max_steps not in (None, -1) else math.inf
+    return trainer.current_epoch + 1 >= epochs or trainer.global_step >= steps or bool(trainer.should_stop)
 
 
 def fidelity_monitor(trainer):
@@ -208,12 +225,14 @@ def quiet(enabled: bool = True):
 
 
 def fit(module, datamodule, *, seed: int, max_epochs: int | None = None, max_steps: int | None = None,
-        callbacks=(), logger=False, ckpt_path=None, resume_hint: str | None = None, quiet_logs: bool = False,
-        before_fit=None, **trainer_kwargs):
+        weight_average: float = WEIGHT_AVERAGE, callbacks=(), logger=False, ckpt_path=None,
+        resume_hint: str | None = None, quiet_logs: bool = False, before_fit=None, **trainer_kwargs):
     """Train ``module`` on ``datamodule`` (see the module docstring); returns the ``lightning.Trainer``.
 
-    ``seed``: the seed ``build`` used (per-step reseeding, ``ResumeCallback``); ``callbacks`` come after the
-    standard ones; ``ckpt_path``: continue from a checkpoint; ``resume_hint``: the command a Ctrl-C names;
+    ``seed``: the seed ``build`` used (per-step reseeding, ``ResumeCallback``); ``weight_average``: the decay
+    of the weights' moving average that ``module`` holds at the end (0: the last step's weights);
+    ``callbacks`` come after the standard ones; ``ckpt_path``: continue from a checkpoint; ``resume_hint``:
+    the command a Ctrl-C names;
     ``quiet_logs``: silence Lightning's info lines; ``before_fit(trainer)`` runs once the Trainer is built (a
     hardware error has been raised by then). ``trainer_kwargs`` go to ``lightning.Trainer`` (defaults:
     accelerator "auto", no checkpointing, no model summary, no sanity validation).
@@ -224,13 +243,15 @@ def fit(module, datamodule, *, seed: int, max_epochs: int | None = None, max_ste
     from gens.checkpoint import ResumeCallback
 
     seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    decay = check_weight_average(weight_average)
     resume = ResumeCallback(seed, sampler=getattr(datamodule, "train_sampler", None),
                             batch_size=getattr(datamodule, "batch_size", None))
     kw = {"accelerator": "auto", "enable_checkpointing": False, "enable_model_summary": False,
           "num_sanity_val_steps": 0}
     kw.update(trainer_kwargs)
+    averaging = [WeightAverage(decay)] if decay > 0 else [LiveWeights()] if ckpt_path is not None else []
     kw.update(budget(max_epochs, max_steps), logger=logger,
-              callbacks=[resume, *standard_callbacks(), *list(callbacks or [])])
+              callbacks=[resume, *averaging, *standard_callbacks(), *list(callbacks or [])])
     if any(isinstance(c, Checkpoint) for c in kw["callbacks"]):
         kw["enable_checkpointing"] = True
     hw = {k: kw[k] for k in ("accelerator", "devices", "num_nodes", "strategy") if k in kw}
@@ -267,11 +288,14 @@ def _fit(trainer, module, dm, ckpt_path, resume_hint) -> None:
 
 
 def train(method: str, data, *, latent_dim: int = 8, max_epochs: int | None = None, max_steps: int | None = None,
-          batch_size: int = 100, seed: int = 0, trainer_kwargs: dict | None = None,
-          datamodule_kwargs: dict | None = None, **module_kwargs):
-    """Train ``method`` ("gen", "ae", "vae", "aae", "wae", "semisupervised") on ``data``; return ``(module, trainer)``."""
+          batch_size: int = 100, seed: int = 0, weight_average: float = WEIGHT_AVERAGE,
+          trainer_kwargs: dict | None = None, datamodule_kwargs: dict | None = None, **module_kwargs):
+    """Train ``method`` ("gen", "ae", "vae", "aae", "wae", "semisupervised") on ``data``; return ``(module, trainer)``.
+
+    The returned module holds the weights' moving average (``weight_average``; 0: the last step's weights)."""
     seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     budget(max_epochs, max_steps)  # a bad budget fails before anything is built
+    check_weight_average(weight_average)
     if isinstance(data, L.LightningDataModule):
         dm = data
     else:
@@ -279,8 +303,8 @@ def train(method: str, data, *, latent_dim: int = 8, max_epochs: int | None = No
     module = build(method, dm, latent_dim, seed=seed, **module_kwargs)
     tk = dict(trainer_kwargs or {})
     callbacks, logger = tk.pop("callbacks", None) or [], tk.pop("logger", False)
-    trainer = fit(module, dm, seed=seed, max_epochs=max_epochs, max_steps=max_steps, callbacks=callbacks,
-                  logger=logger, **tk)
+    trainer = fit(module, dm, seed=seed, max_epochs=max_epochs, max_steps=max_steps, weight_average=weight_average,
+                  callbacks=callbacks, logger=logger, **tk)
     return module, trainer
 
 

@@ -150,6 +150,8 @@ def _saved_options(saved: dict) -> dict:
     out = {k: saved[k] for k in RUN_OPTIONS if k in saved}
     if "leave_one_out" not in saved and saved.get("method") in ("gen", "semisupervised"):
         out["leave_one_out"] = False  # a run made before the option existed continues as it was trained
+    if "weight_average" not in saved:
+        out["weight_average"] = 0.0  # likewise: its last.ckpt holds the last step's weights, no average
     if out.get("bandwidth") is not None:  # a fixed h ignored these (a run saved before they were refused)
         out.pop("bandwidth_scale", None)
         out.pop("bandwidth_correction", None)

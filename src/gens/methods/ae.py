@@ -4,14 +4,17 @@ Loss: per-pixel mean squared reconstruction error only (``reg`` is logged as 0).
 
 ``latent_distribution()`` is a Gaussian N(mean, cov) fitted to the training latents of the most recent
 training epoch: the running mean and covariance of E(x) over that epoch's minibatches (summed over DDP
-ranks), stored in buffers so checkpoints keep it. Before any training it is N(0, I_l).
+ranks), stored in buffers so checkpoints keep it. Before any training it is N(0, I_l). With weight averaging
+(``gens.averaging``) the last epoch's Gaussian is instead fitted to every training sample encoded by the
+averaged encoder (the trained model; one pass at that epoch's end, shared across DDP ranks), so the saved
+model's Gaussian describes its own latents.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gens.methods.base import BaseAutoencoder
+from gens.methods.base import BaseAutoencoder, sample_source
 
 __all__ = ["AEModule"]
 
@@ -51,12 +54,40 @@ class AEModule(BaseAutoencoder):
     def on_train_epoch_end(self):
         if self._moments is None:
             return
-        n, s, ss = (self.trainer.strategy.reduce(t, reduce_op="sum") for t in self._moments)
+        moments = self._moments
+        if self._averaged_last_epoch():
+            from gens.averaging import averaged_weights
+
+            with averaged_weights(self.trainer, self):
+                moments = self._training_moments() or moments
+        n, s, ss = (self.trainer.strategy.reduce(t, reduce_op="sum") for t in moments)
         mean = s / n
         cov = ss / n - torch.outer(mean, mean)
         cov = 0.5 * (cov + cov.T) + 1e-6 * torch.eye(self.latent_dim, dtype=cov.dtype, device=cov.device)
         self.latent_mean.copy_(mean)
         self.latent_cov.copy_(cov)
+
+    def _averaged_last_epoch(self) -> bool:
+        """Whether this epoch ends the training and the trainer averages the weights (``gens.averaging``)."""
+        from gens.averaging import weight_average_of
+        from gens.training import last_epoch
+
+        return weight_average_of(self.trainer) is not None and last_epoch(self.trainer)
+
+    @torch.no_grad()
+    def _training_moments(self):
+        """(count, sum z, sum z z^T) float64 of this rank's share of the training samples (every world_size-th)
+        encoded by the current weights; None when the samples are not at hand (``sample_source``)."""
+        n, get = sample_source(self.trainer)
+        if n is None:
+            return None
+        l, dev = self.latent_dim, self.latent_mean.device
+        count, total, outer = 0, torch.zeros(l, dtype=torch.float64, device=dev), torch.zeros(l, l, dtype=torch.float64,
+                                                                                              device=dev)
+        for idx in torch.arange(self.trainer.global_rank, n, self.trainer.world_size).split(1000):
+            z = self.encode(get(idx).to(dev)).double()
+            count, total, outer = count + len(z), total + z.sum(0), outer + z.T @ z
+        return torch.tensor(float(count), dtype=torch.float64, device=dev), total, outer
 
     def latent_distribution(self):
         """N(mean, cov) of the last training epoch's latents (N(0, I) before training)."""

@@ -28,12 +28,33 @@ import torch.nn.functional as F
 from gens._validation import check_float, check_int
 from gens.networks import build_networks
 
-__all__ = ["BaseAutoencoder", "batch_x", "make_target"]
+__all__ = ["BaseAutoencoder", "batch_x", "make_target", "sample_source"]
 
 
 def batch_x(batch) -> torch.Tensor:
     """The data tensor of a batch given as ``x``, ``(x,)`` or ``(x, y)``."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def sample_source(trainer):
+    """(n_train, getter(index tensor) -> samples) from the datamodule or train dataloader; (None, None) if unavailable."""
+    dm = getattr(trainer, "datamodule", None)
+    if dm is not None and hasattr(dm, "train_tensor"):
+        x = dm.train_tensor()
+        return x.shape[0], lambda idx: x[idx]
+    loader = trainer.train_dataloader
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        return None, None
+    if hasattr(dataset, "tensors"):  # TensorDataset
+        x = dataset.tensors[0]
+        return x.shape[0], lambda idx: x[idx]
+    try:
+        n = len(dataset)
+        dataset[0]
+    except Exception:  # noqa: BLE001 -- an IterableDataset or a dataset without random access
+        return None, None
+    return n, lambda idx: torch.stack([torch.as_tensor(batch_x(dataset[int(i)])) for i in idx])
 
 
 def make_target(target_spec, latent_dim: int):

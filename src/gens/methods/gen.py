@@ -71,7 +71,7 @@ import torch
 
 from gens._validation import check_float, check_int
 from gens.bank import BANKS
-from gens.methods.base import BaseAutoencoder, batch_x, make_target
+from gens.methods.base import BaseAutoencoder, make_target, sample_source
 from gens.registry import OBJECTIVES
 
 __all__ = ["DEFAULT_BANDWIDTH_SCALE", "DEFAULT_COVERAGE", "DEFAULT_LAM", "OBJECTIVES", "GENModule"]
@@ -223,7 +223,7 @@ class GENModule(BaseAutoencoder):
 
     # ---- the bank ------------------------------------------------------------------------------------
     def on_train_start(self):
-        source = _sample_source(self.trainer)
+        source = sample_source(self.trainer)
         n, m = source[0], self.bank_size
         if n is not None and n < m:
             warnings.warn(
@@ -265,27 +265,6 @@ class GENModule(BaseAutoencoder):
         """Re-encode the bank's m samples with the current encoder (no gradients; shared across DDP ranks).
         Strategies refresh through this method."""
         return self.bank_strategy.refresh(self)
-
-
-def _sample_source(trainer):
-    """(n_train, getter(index tensor) -> samples) from the datamodule or train dataloader; (None, None) if unavailable."""
-    dm = getattr(trainer, "datamodule", None)
-    if dm is not None and hasattr(dm, "train_tensor"):
-        x = dm.train_tensor()
-        return x.shape[0], lambda idx: x[idx]
-    loader = trainer.train_dataloader
-    dataset = getattr(loader, "dataset", None)
-    if dataset is None:
-        return None, None
-    if hasattr(dataset, "tensors"):  # TensorDataset
-        x = dataset.tensors[0]
-        return x.shape[0], lambda idx: x[idx]
-    try:
-        n = len(dataset)
-        dataset[0]
-    except Exception:  # noqa: BLE001 -- an IterableDataset or a dataset without random access
-        return None, None
-    return n, lambda idx: torch.stack([torch.as_tensor(batch_x(dataset[int(i)])) for i in idx])
 
 
 def _check_h(h: float, m: int, l: int, source: str = "the given bandwidth") -> None:

@@ -26,7 +26,9 @@ A job is a plain dict (so it can go to a spawned process)::
 the training latents carry over to the test latents?); ``latents_out`` saves the test latents (n_test, l);
 ``history_out`` the per-epoch validation fidelity (``gens.fidelity``) as JSON. The budget: ``epochs`` and/or
 ``steps`` (both None: ``gens.training.DEFAULT_STEPS``); ``test_limit``: measure on the first test_limit test
-samples (``limit`` limits the training split and, without test_limit, the test split too).
+samples (``limit`` limits the training split and, without test_limit, the test split too). ``weight_average``
+(in the job or in its ``kwargs``, which win; default ``gens.config.WEIGHT_AVERAGE``): the decay of the weights'
+moving average that becomes the measured model (``gens.training.fit``; 0: the last step's weights).
 
 Settings the job leaves out come from the method's own defaults (``gens.methods``) and ``gens.training``.
 """
@@ -176,6 +178,7 @@ def _quiet_lightning() -> None:
 def _train_and_measure(job: dict) -> dict:
     import torch
 
+    from gens.config import WEIGHT_AVERAGE
     from gens.training import TrainingDiverged, encode_all, fidelity_monitor, train
 
     start = time.perf_counter()
@@ -188,12 +191,13 @@ def _train_and_measure(job: dict) -> dict:
         tk = dict(accelerator=job.get("accelerator", "auto"), devices=1, enable_progress_bar=False,
                   callbacks=[timer])
         dk = {"limit": job["limit"]} if job.get("limit") else {}
+        kw = dict(job.get("kwargs") or {})
+        average = kw.pop("weight_average", job.get("weight_average", WEIGHT_AVERAGE))  # a training option
         try:
             module, trainer = train(job["method"], job["data"], latent_dim=job.get("latent_dim", 8),
                                     max_epochs=job.get("epochs"), max_steps=job.get("steps"),
-                                    batch_size=job.get("batch_size", 100),
-                                    seed=job["seed"], trainer_kwargs=tk, datamodule_kwargs=dk,
-                                    **(job.get("kwargs") or {}))
+                                    batch_size=job.get("batch_size", 100), seed=job["seed"],
+                                    weight_average=average, trainer_kwargs=tk, datamodule_kwargs=dk, **kw)
         except TrainingDiverged as err:
             row.update(status="diverged", message=str(err)[:300])
             return row

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gens.config import WEIGHT_AVERAGE
 from gens.reproduce.measure import budget, budget_text, method_defaults, run_jobs
 from gens.reproduce.report import Section, cell, fmt_pm
 from gens.reproduce.table2 import agrees, fid_config, quick_classifier_epochs
@@ -76,7 +77,7 @@ def run(opts, units, log) -> Section:
             fid, fid_texts[key] = None, ("none: the images have no labels to train in-domain features on; pass "
                                          "`--inception-weights FILE` for an FID")
         base = {"data": source, **limits, "limit": limit, "ns": [], "latent_dim": d["latent_dim"],
-                "batch_size": 100}
+                "batch_size": 100, "weight_average": WEIGHT_AVERAGE}  # in the unit keys: a changed default recomputes
         fid_key = None if fid is None else {k: v for k, v in fid.items() if k != "cache_dir"}
         jobs = []
         for method in methods:
