@@ -10,7 +10,7 @@ on the live weights (the GEN's bank is re-encoded by the live encoder).
 Buffers are not averaged (``use_buffers=False``): the module's own buffers (the GEN's bandwidth, the AE's
 latent moments) stay in place whatever is swapped, and are saved as they are.
 
-Checkpoints keep Lightning's layout: ``state_dict`` holds the average (so ``gens.load``, ``gens.runs.load_run``
+Checkpoints keep Lightning's layout: ``state_dict`` holds the average (so ``gens.estimators.load``, ``gens.runs.load_run``
 and ``gens.checkpoint.module_from_checkpoint`` load the trained model), ``current_model_state`` the live
 weights and ``averaging_state`` the update count; ``fit(ckpt_path=...)`` restores both and continues exactly.
 A checkpoint without them (trained with ``weight_average=0`` or by an older gens) resumes with the average
