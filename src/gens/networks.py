@@ -110,6 +110,14 @@ def _centre_pads(data_shape, padded) -> tuple[int, int, int, int]:
     return left, pw - w - left, top, ph - h - top
 
 
+def _set_geometry(net: nn.Module, data_shape) -> tuple[int, int, int, int]:
+    """Set ``net.padded_shape``, ``data_shape`` and ``pad`` (the conv pair's padding); return (C, H', W', depth)."""
+    net.padded_shape = conv_padded_shape(data_shape)
+    net.data_shape = tuple(int(s) for s in data_shape)
+    net.pad = _centre_pads(net.data_shape, net.padded_shape)
+    return (*net.padded_shape, _conv_depth(net.padded_shape))
+
+
 class ConvEncoder(nn.Module):
     """DCGAN-style encoder: stride-2 4x4 convolutions (64, 128, 256[, 512] channels), ReLU, linear head.
 
@@ -120,11 +128,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, data_shape, latent_dim: int, base_channels: int = 64, out_mult: int = 1):
         super().__init__()
-        self.padded_shape = conv_padded_shape(data_shape)
-        self.data_shape = tuple(int(s) for s in data_shape)
-        self.pad = _centre_pads(self.data_shape, self.padded_shape)
-        c, h, w = self.padded_shape
-        depth = _conv_depth(self.padded_shape)
+        c, h, w, depth = _set_geometry(self, data_shape)
         chans = [c] + [base_channels * 2**i for i in range(depth)]
         layers: list[nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:]):
@@ -148,11 +152,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, data_shape, latent_dim: int, base_channels: int = 64):
         super().__init__()
-        self.padded_shape = conv_padded_shape(data_shape)
-        self.data_shape = tuple(int(s) for s in data_shape)
-        self.pad = _centre_pads(self.data_shape, self.padded_shape)
-        c, h, w = self.padded_shape
-        depth = _conv_depth(self.padded_shape)
+        c, h, w, depth = _set_geometry(self, data_shape)
         chans = [base_channels * 2**i for i in reversed(range(depth))]  # e.g. 256, 128, 64
         self.start = (chans[0], h >> depth, w >> depth)
         self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), nn.ReLU())
