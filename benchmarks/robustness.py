@@ -18,8 +18,9 @@ longer, the inflation check) through ``gens.reproduce.measure.train_and_measure`
     python benchmarks/robustness.py --rows mnist10k --methods gen --options gen:coverage=0 --budget-scale 3
 
 ``--options method:key=value,...`` changes a method's settings (as in ``benchmarks/train_sweep.py``), the training
-option ``weight_average`` too (``gen:weight_average=0``: the last step's weights; left out: the library's
-default, ``gens.config.WEIGHT_AVERAGE``, through ``gens.reproduce.measure``); rows are
+option ``weight_average`` too (``gen:weight_average=0``: the last step's weights, ``aae:weight_average=0.999``:
+the average; left out: the method's default, ``gens.config.WEIGHT_AVERAGE``, 0.999 for the GEN and 0 for the
+others, through ``gens.reproduce.measure``); rows are
 appended to --out as they finish, and a summary table (mean over seeds) is printed at the end.
 ``benchmarks/latent_dims.py`` (issue 18) runs its grid through ``make_job``, ``summarise``, ``run_grid`` and
 ``print_means``.

@@ -6,6 +6,7 @@ import argparse
 import inspect
 import json
 
+import numpy as np
 import pytest
 
 from gens import config as C
@@ -90,6 +91,31 @@ def test_estimator_builds_the_default_module(method):
     assert _module_hparams(method, **kw) == _module_hparams(method)
 
 
+@pytest.mark.parametrize("method", list(METHODS))
+def test_estimator_weight_average_default_is_its_methods(method, monkeypatch):
+    """The estimator passes None on; gens.training.fit resolves it from the module it builds: the method's own
+    (gens.config.WEIGHT_AVERAGE), not a parent class's (semisupervised's module subclasses the GEN's)."""
+    from gens import training
+    from gens.averaging import module_method, resolve_weight_average
+
+    est = ESTIMATORS[method](latent_dim=L)
+    assert est.weight_average is None and est._checked_params()["weight_average"] is None
+    module = METHODS[method]((1, 4, 4), 2, hidden=[8])
+    assert module_method(module) == method == est._method
+    assert resolve_weight_average(None, module_method(module)) == C.WEIGHT_AVERAGE[method]
+    seen = {}
+
+    def fake_fit(module, dm, **kw):
+        seen["decay"] = resolve_weight_average(kw["weight_average"], module_method(module))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(training, "fit", fake_fit)
+    X = np.random.RandomState(0).rand(40, 16)
+    with pytest.raises(RuntimeError, match="stop"):
+        est.set_params(hidden=(8,), max_steps=1).fit(X, np.zeros(40, int) if method == "semisupervised" else None)
+    assert seen["decay"] == C.WEIGHT_AVERAGE[method]
+
+
 def test_estimator_default_budget_is_default_steps():
     from gens.training import DEFAULT_STEPS, budget
 
@@ -129,7 +155,8 @@ def test_run_config_defaults_are_the_config(method):
     train, run = C.defaults(C.TrainConfig), C.defaults(C.RunConfig)
     assert resolve_config({"method": method})["latent_dim"] == train["latent_dim"]
     assert cfg["batch_size"] == train["batch_size"]
-    assert cfg["weight_average"] == train["weight_average"] == C.WEIGHT_AVERAGE
+    assert train["weight_average"] is None  # the method's default, resolved into the run config
+    assert cfg["weight_average"] == C.WEIGHT_AVERAGE[method] == C.weight_average_default(method)
     assert cfg["epochs"] is None and cfg["steps"] == C.DEFAULT_STEPS
     for k in ("data", "seed", "limit", "val_fraction", "checkpoint_every", "accelerator", "num_nodes", "strategy"):
         assert cfg[k] == run[k], k
@@ -169,8 +196,10 @@ def test_train_function_defaults_are_the_config():
     assert p["max_epochs"].default is None and p["max_steps"].default is None
     from gens.training import WEIGHT_AVERAGE, fit
 
-    assert p["weight_average"].default == inspect.signature(fit).parameters["weight_average"].default \
-        == t["weight_average"] == WEIGHT_AVERAGE == C.WEIGHT_AVERAGE
+    assert p["weight_average"].default is inspect.signature(fit).parameters["weight_average"].default \
+        is t["weight_average"] is None  # None: the method's default, resolved by fit
+    assert WEIGHT_AVERAGE is C.WEIGHT_AVERAGE and list(C.WEIGHT_AVERAGE) == list(C.METHOD_CONFIGS)
+    assert C.WEIGHT_AVERAGE["gen"] == 0.999 and all(v == 0.0 for k, v in C.WEIGHT_AVERAGE.items() if k != "gen")
 
 
 # ------------------------------------------------------------------------------------ the budget

@@ -127,6 +127,16 @@ def test_table1_cell_rule_and_resume(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------- table 2
 
+def test_measure_weight_average_is_the_methods_default_unless_given():
+    from gens.reproduce.measure import weight_average
+
+    assert weight_average("gen") == 0.999 and weight_average("semisupervised") == 0.0
+    assert all(weight_average(m) == 0.0 for m in ("ae", "vae", "aae", "wae"))
+    assert weight_average("aae", 0.999) == 0.999 and weight_average("gen", 0) == 0.0
+    with pytest.raises(ValueError, match="^weight_average: "):
+        weight_average("gen", 1.0)
+
+
 def test_table2_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     from gens.evaluation.entropy import latent_entropy
     from gens.reproduce import table2
@@ -138,6 +148,10 @@ def test_table2_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     rows = {p.name.split("-")[0] + "-" + p.name.split("-")[1]: json.loads(p.read_text())["value"]
             for p in (out / "units" / "table2").glob("*.json")}
     assert set(rows) == {"gen-seed0", "ae-seed0", "normal-seed0"}
+    # the unit keys hold the method's resolved weight_average: the GEN's 0.999 (as before it became per method,
+    # so its units still match), the AE's 0 (gens.config.WEIGHT_AVERAGE)
+    keys = {p.name.split("-")[0]: json.loads(p.read_text())["settings"] for p in (out / "units" / "table2").glob("*.json")}
+    assert (keys["gen"]["weight_average"], keys["ae"]["weight_average"]) == (0.999, 0.0)
     gen = rows["gen-seed0"]
     assert gen["status"] == "ok" and gen["n_test"] == 360 and 0 < gen["recon"] < 0.5 and gen["h"] == 0.6
     assert set(k for k in gen if k.startswith("H")) == {"H100", "H360"}  # 1000 capped at the 360 test images

@@ -2,8 +2,9 @@
 
 A training subprocess is killed (SIGKILL, no clean-up) mid-epoch between two checkpoints; `gens train
 --resume RUN` continues from RUN/checkpoints/last.ckpt and must end with exactly the weights (and GEN
-bank) of an uninterrupted run with the same seed: with weight averaging on (the default, ``gens.averaging``) the
-average, the live weights and the update count. So must a run that finished on its budget and is resumed
+bank) of an uninterrupted run with the same seed: with weight averaging on (the GEN's default, the others'
+``weight_average=0.999`` here, ``gens.averaging``) the average, the live weights and the update count; without
+it (the baselines' default) the last step's weights. So must a run that finished on its budget and is resumed
 with a larger one (`--steps 10`, then `--resume RUN --steps 16`).
 """
 
@@ -25,6 +26,7 @@ from gens.runs import resolve_config, train_run
 BASE = dict(data="digits", limit=300, batch_size=50, epochs=3, latent_dim=2, hidden=[16], checkpoint_every=4,
             accelerator="cpu", devices=1, seed=3)
 GEN = dict(method="gen", bank_size=100, refresh_every=4, bandwidth=0.5)
+AE = dict(method="ae", weight_average=0.999)  # the AE's default is 0 (gens.config.WEIGHT_AVERAGE): averaged as asked
 
 KILL_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
@@ -73,7 +75,7 @@ def reference_gen(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     train_run(resolve_config({**BASE, **GEN}), out, progress=False, figures=False)
     final = _final(out)
-    assert final[4]["current_model_state"] is not None  # the default averages the weights (gens.averaging)
+    assert final[4]["current_model_state"] is not None  # the GEN's default averages the weights (gens.averaging)
     return final
 
 
@@ -100,15 +102,19 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference_ge
 # or epoch 1 batch 2; the AAE steps two optimisers per batch, so its global step is twice the batch count). The VAE draws
 # random numbers in every step, the AE keeps running latent moments over the epoch, the AAE has two
 # optimisers; the WAE is built like the VAE (random prior draws, one optimiser).
-@pytest.mark.parametrize("method,crash_step", [("gen", 11), ("ae", 11), ("vae", 5), ("aae", 22)])
-def test_crash_then_resume_matches_uninterrupted(tmp_path, method, crash_step, crash_at):
-    extra = GEN if method == "gen" else {"method": method}
+# The baselines average as asked (weight_average=0.999); ("ae", 11, None): their default, the last weights.
+@pytest.mark.parametrize("method,crash_step,average", [("gen", 11, None), ("ae", 11, 0.999), ("vae", 5, 0.999),
+                                                        ("aae", 22, 0.999), ("ae", 11, None)])
+def test_crash_then_resume_matches_uninterrupted(tmp_path, method, crash_step, average, crash_at):
+    extra = GEN if method == "gen" else {"method": method, "weight_average": average}
     cfg = resolve_config({**BASE, **extra, "epochs": 2})
+    assert cfg["weight_average"] == (0.999 if method == "gen" or average else 0.0)
     train_run(cfg, tmp_path / "full", progress=False, figures=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(cfg, tmp_path / "crashed", progress=False, figures=False, callbacks=[crash_at(crash_step)])
     train_run(cfg, tmp_path / "crashed", resume=True, progress=False, figures=False)
     _assert_same(_final(tmp_path / "crashed"), _final(tmp_path / "full"))
+    assert (_final(tmp_path / "full")[4]["current_model_state"] is None) == (cfg["weight_average"] == 0)
 
 
 # budgets without epochs (the steps alone); 6 batches an epoch, checkpoints after every 4th batch of the run
@@ -119,7 +125,7 @@ STEPS = dict(BASE, epochs=None)
 def reference_steps(tmp_path_factory):
     """{method: (run folder, _final)} of uninterrupted 16-step runs (step 16: epoch 2, batch 4)."""
     out = {}
-    for method, extra in (("gen", GEN), ("ae", {"method": "ae"})):
+    for method, extra in (("gen", GEN), ("ae", AE)):
         run = tmp_path_factory.mktemp(f"steps-{method}")
         train_run(resolve_config({**STEPS, **extra, "steps": 16}), run, progress=False, figures=False)
         out[method] = (run, _final(run))
@@ -140,7 +146,7 @@ def test_finished_step_budget_then_extended_matches_uninterrupted(tmp_path, refe
     """A run that finished on --steps FIRST, resumed with --steps 16, ends exactly where the uninterrupted
     16-step run ends (weights, the GEN bank, the AE's latent moments, the loop state) and logs the same rows,
     plus the first call's final fidelity measurement."""
-    extra = GEN if method == "gen" else {"method": "ae"}
+    extra = GEN if method == "gen" else AE
     run = tmp_path / "extended"
     train_run(resolve_config({**STEPS, **extra, "steps": first}), run, progress=False, figures=False)
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == first
@@ -158,7 +164,7 @@ def test_finished_step_budget_then_extended_matches_uninterrupted(tmp_path, refe
 def test_finished_epoch_budget_under_a_step_budget_then_extended_matches_uninterrupted(tmp_path):
     """--epochs 2 with --steps 100 (the epochs end first), resumed with --epochs 3: the 3-epoch run exactly
     (Lightning's own epoch-end state restored under a step budget would stop at once, epoch 2 untrained)."""
-    cfg = {**BASE, "method": "ae", "steps": 100}
+    cfg = {**BASE, **AE, "steps": 100}
     train_run(resolve_config(cfg), tmp_path / "full", progress=False, figures=False)
     train_run(resolve_config({**cfg, "epochs": 2}), tmp_path / "extended", progress=False, figures=False)
     train_run(resolve_config(cfg), tmp_path / "extended", resume=True, progress=False, figures=False)
@@ -169,7 +175,7 @@ def test_finished_epoch_budget_under_a_step_budget_then_extended_matches_uninter
 # (checkpoint_every 0), or a periodic one that falls on an epoch's last batch (every 6)
 @pytest.mark.parametrize("method,every", [("gen", 0), ("ae", 6)])
 def test_crash_after_an_epoch_end_checkpoint_under_a_step_budget(tmp_path, crash_at, method, every):
-    extra = GEN if method == "gen" else {"method": "ae"}
+    extra = GEN if method == "gen" else AE
     cfg = resolve_config({**STEPS, **extra, "steps": 16, "checkpoint_every": every})
     train_run(cfg, tmp_path / "full", progress=False, figures=False)
     with pytest.raises(RuntimeError, match="simulated crash"):

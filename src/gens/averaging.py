@@ -1,5 +1,9 @@
 """The trained model as an exponential moving average of the weights (``gens.training.fit``'s ``weight_average``).
 
+The decay defaults per method (``gens.config.WEIGHT_AVERAGE``: 0.999 for the GEN, 0 for the others, i.e. the last
+step's weights); ``resolve_weight_average(value, method)`` turns None into it, ``module_method(module)`` names a
+module's method (its class's ``method_name``).
+
 ``WeightAverage(decay)`` is a ``lightning.pytorch.callbacks.WeightAveraging``: after every optimiser step (at
 the batch's end; the AAE's two optimisers make one update per batch) the average of the module's parameters
 moves as avg <- d avg + (1 - d) w, with d = min(decay, (1 + n) / (10 + n)) after n updates (the first update
@@ -33,10 +37,10 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from gens.config import WEIGHT_AVERAGE
+from gens.config import WEIGHT_AVERAGE, weight_average_default
 
 __all__ = ["LiveWeights", "WeightAverage", "averaged_weights", "check_weight_average", "ema_update",
-           "weight_average_of"]
+           "module_method", "resolve_weight_average", "weight_average_of"]
 
 
 def check_weight_average(value) -> float:
@@ -45,6 +49,26 @@ def check_weight_average(value) -> float:
         raise ValueError(f"weight_average: must be a number in [0, 1) (the decay of the weights' moving average; "
                          f"0: none), got {value!r}")
     return float(value)
+
+
+def module_method(module) -> str | None:
+    """The name in ``gens.methods.METHODS`` of ``module``'s method (its class's ``method_name``; a subclass of a
+    method's module inherits it), or None for a module of no gens method."""
+    name = getattr(type(module), "method_name", None)
+    return name if isinstance(name, str) and name in WEIGHT_AVERAGE else None
+
+
+def resolve_weight_average(value, method: str | None) -> float:
+    """``value`` checked (:func:`check_weight_average`), or for None ``method``'s default decay
+    (``gens.config.WEIGHT_AVERAGE``); ValueError "weight_average: ..." for anything else, or for None without a
+    gens method to take the default from."""
+    if value is None:
+        if method not in WEIGHT_AVERAGE:
+            raise ValueError("weight_average: None means the method's default (gens.config.WEIGHT_AVERAGE), but "
+                             f"the module is of no gens method (method {method!r}); give the decay, a number in "
+                             "[0, 1)")
+        return weight_average_default(method)
+    return check_weight_average(value)
 
 
 def ema_update(average: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, *,
@@ -60,10 +84,10 @@ def ema_update(average: torch.Tensor, current: torch.Tensor, num_averaged: torch
 class WeightAverage(WeightAveraging):
     """The exponential moving average of the module's parameters with warm-up (see the module docstring).
 
-    decay: in [0, 1) (``gens.config.WEIGHT_AVERAGE`` by default). ``state_dict``: the step of the last update
-    (the average itself travels in the checkpoint's ``state_dict`` / ``averaging_state``)."""
+    decay: in [0, 1) (by default the GEN's, ``gens.config.WEIGHT_AVERAGE["gen"]``). ``state_dict``: the step of
+    the last update (the average itself travels in the checkpoint's ``state_dict`` / ``averaging_state``)."""
 
-    def __init__(self, decay: float = WEIGHT_AVERAGE):
+    def __init__(self, decay: float = WEIGHT_AVERAGE["gen"]):
         self.decay = check_weight_average(decay)
         super().__init__(use_buffers=False, avg_fn=functools.partial(ema_update, decay=self.decay))
         self._swapped = False  # the average is in the module (validation, averaged_weights)

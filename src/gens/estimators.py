@@ -14,7 +14,8 @@ weights), with no validation split unless ``val_fraction > 0`` (``gens train`` h
 ``val_fraction=0.1`` to train exactly its model). The budget: ``max_steps`` optimiser steps, ``max_epochs``
 epochs, whichever ends first when both are given; neither: ``gens.training.DEFAULT_STEPS`` steps. The trained
 model (``module_``) is the exponential moving average of the weights with decay ``weight_average`` (default
-``gens.config.WEIGHT_AVERAGE`` = 0.999, warmed up; 0: the last step's weights; ``gens.averaging``). Every
+None: the method's, ``gens.config.WEIGHT_AVERAGE``: 0.999 for the GEN, warmed up; 0 for the others: the last
+step's weights; ``gens.averaging``). Every
 parameter's default is declared in ``gens.config`` (``tests/test_defaults.py``). ``__init__`` only stores
 parameters; they are validated in ``fit`` (scikit-learn's rule).
 
@@ -145,7 +146,8 @@ class _GensEstimator(PersistenceMixin, DataMixin, LatentModelMixin, ClassNamePre
 
         return {
             "batch_size": check_int("batch_size", self.batch_size, minimum=1),
-            "weight_average": check_weight_average(self.weight_average),
+            # None: the method's default (gens.config.WEIGHT_AVERAGE), resolved by gens.training.fit
+            "weight_average": None if self.weight_average is None else check_weight_average(self.weight_average),
             "val_fraction": check_float("val_fraction", self.val_fraction, 0.0, 1.0, max_inclusive=False),
             "lr": check_float("lr", self.lr, minimum=0.0, min_inclusive=False),
         }
@@ -216,7 +218,8 @@ class GEN(_GensEstimator):
     ``bandwidth_scale`` (factor on h_opt), ``leave_one_out`` (leave each minibatch's own samples out of the bank), ``coverage`` (weight of the target-sample half of eq. 2),
     ``target`` (None or "normal": N(0, I); "mog:K[:SCALE]"; a spec dict; a ``gens.targets.Target``);
     shared: ``max_epochs``, ``max_steps``, ``batch_size``, ``weight_average`` (the decay of the weights'
-    moving average that becomes the trained model, ``gens.averaging``; 0: the last step's weights), ``lr``,
+    moving average that becomes the trained model, ``gens.averaging``; 0: the last step's weights; None: the
+    method's, ``gens.config.WEIGHT_AVERAGE``: 0.999 here, 0 for the other estimators), ``lr``,
     ``hidden``, ``arch``, ``scaling``, ``val_fraction``, ``accelerator``, ``random_state``, ``verbose``. None for
     a module option: the module's default. See the module docstring for the attributes.
     """

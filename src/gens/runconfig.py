@@ -89,7 +89,8 @@ def resolve_config(options: dict) -> dict:
         if cfg[opt] is not None:
             cfg[opt] = check_int(opt, cfg[opt], minimum=1)
     cfg["batch_size"] = check_int("batch_size", cfg["batch_size"], minimum=1)
-    cfg["weight_average"] = _check_weight_average(cfg["weight_average"])
+    # None: the method's default (gens.config.WEIGHT_AVERAGE); config.json records the resolved number
+    cfg["weight_average"] = _resolve_weight_average(cfg["weight_average"], cfg["method"])
     cfg["seed"] = check_int("seed", cfg["seed"], minimum=0, maximum=2**32 - 1)
     cfg["lr"] = check_float("lr", cfg["lr"], minimum=0.0, min_inclusive=False)
     cfg["val_fraction"] = check_float("val_fraction", cfg["val_fraction"], 0.0, 1.0, max_inclusive=False)
@@ -123,10 +124,10 @@ def resolve_config(options: dict) -> dict:
     return cfg
 
 
-def _check_weight_average(value) -> float:
-    from gens.averaging import check_weight_average  # imports lightning: called when a run is resolved
+def _resolve_weight_average(value, method: str) -> float:
+    from gens.averaging import resolve_weight_average  # imports lightning: called when a run is resolved
 
-    return check_weight_average(value)
+    return resolve_weight_average(value, method)
 
 
 def too_wide(h: float, latent_dim: int, m: int | None = None) -> str:

@@ -9,9 +9,9 @@ and options give bit-identical weights through all three on the CPU (``tests/tes
 - :func:`build`: ``lightning.seed_everything(seed, workers=True)``, then the method's module;
 - :func:`fit`: the budget (:func:`budget`), ``gens.checkpoint.ResumeCallback`` (reseeds torch / numpy /
   random from (seed, step) before every batch), ``gens.averaging.WeightAverage`` (``weight_average`` > 0,
-  default ``WEIGHT_AVERAGE`` = 0.999: an exponential moving average of the weights, updated after every
-  optimiser step, in the module during validation and at the end: the trained model is the average; 0: the
-  last step's weights), :func:`standard_callbacks` (``DivergenceGuard``: stops with ``TrainingDiverged`` on a
+  default the module's method's ``WEIGHT_AVERAGE[method]``: 0.999 for the GEN, 0 for the others: an
+  exponential moving average of the weights, updated after every optimiser step, in the module during
+  validation and at the end: the trained model is the average; 0: the last step's weights), :func:`standard_callbacks` (``DivergenceGuard``: stops with ``TrainingDiverged`` on a
   NaN / infinite loss; ``gens.fidelity.FidelityMonitor``: the validation latents of the averaged model against
   the predicted distribution every epoch, find it with :func:`fidelity_monitor`), no sanity validation, the
   warning filters that do not apply to in-memory data, hardware errors as one ValueError, and Ctrl-C as
@@ -26,8 +26,9 @@ and options give bit-identical weights through all three on the CPU (``tests/tes
 - The budget: ``max_steps`` optimiser steps (default ``DEFAULT_STEPS`` when neither it nor ``max_epochs`` is
   given), ``max_epochs`` epochs, or whichever comes first when both are given. Steps, not epochs, so that
   the regulariser gets the same number of updates on 1K samples as on 60K.
-- ``weight_average``: the decay of the weights' moving average (``gens.averaging``; a float in [0, 1));
-  checkpoints hold the average as ``state_dict`` and the live weights as ``current_model_state``, and a
+- ``weight_average``: the decay of the weights' moving average (``gens.averaging``; a float in [0, 1); None,
+  the default: the method's, ``gens.config.WEIGHT_AVERAGE``, resolved by :func:`fit` from the module's
+  ``method_name``: 0.999 for the GEN, 0 for the others, whose last weights are kept unless asked); checkpoints hold the average as ``state_dict`` and the live weights as ``current_model_state``, and a
   resume restores both.
 - ``trainer_kwargs`` go to ``lightning.Trainer`` (accelerator "auto" by default; ``devices``, ``num_nodes``,
   ``strategy``, ``logger``, ``callbacks``... pass through). ``datamodule_kwargs`` to the datamodule
@@ -47,7 +48,7 @@ import lightning as L
 import torch
 
 from gens._validation import check_int
-from gens.averaging import LiveWeights, WeightAverage, check_weight_average
+from gens.averaging import LiveWeights, WeightAverage, check_weight_average, module_method, resolve_weight_average
 from gens.config import DEFAULT_STEPS, PAPER_EPOCHS, WEIGHT_AVERAGE
 from gens.data import GensDataModule
 
@@ -225,12 +226,13 @@ def quiet(enabled: bool = True):
 
 
 def fit(module, datamodule, *, seed: int, max_epochs: int | None = None, max_steps: int | None = None,
-        weight_average: float = WEIGHT_AVERAGE, callbacks=(), logger=False, ckpt_path=None,
+        weight_average: float | None = None, callbacks=(), logger=False, ckpt_path=None,
         resume_hint: str | None = None, quiet_logs: bool = False, before_fit=None, **trainer_kwargs):
     """Train ``module`` on ``datamodule`` (see the module docstring); returns the ``lightning.Trainer``.
 
     ``seed``: the seed ``build`` used (per-step reseeding, ``ResumeCallback``); ``weight_average``: the decay
-    of the weights' moving average that ``module`` holds at the end (0: the last step's weights);
+    of the weights' moving average that ``module`` holds at the end (0: the last step's weights; None: the
+    method's default, ``gens.config.WEIGHT_AVERAGE[module.method_name]``, resolved here for every path);
     ``callbacks`` come after the standard ones; ``ckpt_path``: continue from a checkpoint; ``resume_hint``:
     the command a Ctrl-C names;
     ``quiet_logs``: silence Lightning's info lines; ``before_fit(trainer)`` runs once the Trainer is built (a
@@ -243,7 +245,7 @@ def fit(module, datamodule, *, seed: int, max_epochs: int | None = None, max_ste
     from gens.checkpoint import ResumeCallback
 
     seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
-    decay = check_weight_average(weight_average)
+    decay = resolve_weight_average(weight_average, module_method(module))
     resume = ResumeCallback(seed, sampler=getattr(datamodule, "train_sampler", None),
                             batch_size=getattr(datamodule, "batch_size", None))
     kw = {"accelerator": "auto", "enable_checkpointing": False, "enable_model_summary": False,
@@ -288,14 +290,16 @@ def _fit(trainer, module, dm, ckpt_path, resume_hint) -> None:
 
 
 def train(method: str, data, *, latent_dim: int = 8, max_epochs: int | None = None, max_steps: int | None = None,
-          batch_size: int = 100, seed: int = 0, weight_average: float = WEIGHT_AVERAGE,
+          batch_size: int = 100, seed: int = 0, weight_average: float | None = None,
           trainer_kwargs: dict | None = None, datamodule_kwargs: dict | None = None, **module_kwargs):
     """Train ``method`` ("gen", "ae", "vae", "aae", "wae", "semisupervised") on ``data``; return ``(module, trainer)``.
 
-    The returned module holds the weights' moving average (``weight_average``; 0: the last step's weights)."""
+    The returned module holds the weights' moving average (``weight_average``; 0: the last step's weights;
+    None: the method's default, ``gens.config.WEIGHT_AVERAGE``: 0.999 for the GEN, 0 for the others)."""
     seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     budget(max_epochs, max_steps)  # a bad budget fails before anything is built
-    check_weight_average(weight_average)
+    if weight_average is not None:  # None: the method's default, resolved by fit from the module
+        check_weight_average(weight_average)
     if isinstance(data, L.LightningDataModule):
         dm = data
     else:

@@ -27,6 +27,8 @@ class AAEModule(BaseAutoencoder):
     """Adversarial autoencoder. ``target_spec``: see ``gens.targets.target_from_spec`` (None: N(0, I_l));
     ``lam``: weight of the generator loss against the per-pixel MSE; ``disc_hidden``: discriminator widths."""
 
+    method_name = "aae"  # its name in gens.methods.METHODS (gens.config.WEIGHT_AVERAGE)
+
     def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,
                  betas=(0.5, 0.999), target_spec=None, lam: float = 0.01, disc_hidden=(1000, 1000)):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)

@@ -22,6 +22,8 @@ __all__ = ["AEModule"]
 class AEModule(BaseAutoencoder):
     """Plain autoencoder. See ``BaseAutoencoder`` for the shared arguments."""
 
+    method_name = "ae"  # its name in gens.methods.METHODS (gens.config.WEIGHT_AVERAGE)
+
     def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,
                  betas=(0.5, 0.999)):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)

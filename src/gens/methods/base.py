@@ -83,6 +83,7 @@ class BaseAutoencoder(L.LightningModule):
     """Encoder/decoder pair trained with Adam on ``recon + lam * reg``; subclasses define ``losses``."""
 
     out_mult = 1  # the encoder outputs out_mult * latent_dim numbers (VAE: 2)
+    method_name: str | None = None  # each method's name in gens.methods.METHODS (gens.training.fit reads it)
 
     def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,
                  betas=(0.5, 0.999)):

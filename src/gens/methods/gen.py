@@ -87,6 +87,8 @@ DEFAULT_COVERAGE = 1.0
 class GENModule(BaseAutoencoder):
     """Generative Encoding Network (Algorithm 1). See the module docstring for the arguments."""
 
+    method_name = "gen"  # its name in gens.methods.METHODS (gens.config.WEIGHT_AVERAGE)
+
     def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,
                  betas=(0.5, 0.999), target_spec=None, bandwidth=None, bandwidth_correction: bool = False,
                  lam: float = DEFAULT_LAM, objective: str = "nonsaturating", bank_mode: str = "refresh",

@@ -97,6 +97,8 @@ def select_labelled(y, n_labels: int, seed: int = 0, n_classes: int | None = Non
 class SemiSupervisedGENModule(GENModule):
     """GEN with a K-mode mixture target and labelled samples pulled to their component (module docstring)."""
 
+    method_name = "semisupervised"  # its own, not GENModule's (gens.config.WEIGHT_AVERAGE)
+
     def __init__(self, data_shape, latent_dim: int, target_spec=None, n_modes: int | None = None,
                  mode_scale: float = 6.0, sup_weight: float = 1.0, supervision: str = "ce", labelled_batch: int = 100,
                  n_labels: int | None = None, label_seed: int = 0, bandwidth_scale: float = 1.0,

@@ -23,6 +23,8 @@ __all__ = ["VAEModule"]
 class VAEModule(BaseAutoencoder):
     """Variational autoencoder. ``lam``: weight of the KL term (nats per sample) against the per-pixel MSE."""
 
+    method_name = "vae"  # its name in gens.methods.METHODS (gens.config.WEIGHT_AVERAGE)
+
     out_mult = 2
 
     def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,

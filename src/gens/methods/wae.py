@@ -47,6 +47,8 @@ class WAEModule(BaseAutoencoder):
     """Wasserstein autoencoder with the MMD penalty. ``target_spec``: see ``gens.targets.target_from_spec``
     (None: N(0, I_l)); ``lam``: weight of MMD^2 against the per-pixel MSE."""
 
+    method_name = "wae"  # its name in gens.methods.METHODS (gens.config.WEIGHT_AVERAGE)
+
     def __init__(self, data_shape, latent_dim: int, arch: str = "auto", hidden=(1000, 1000), lr: float = 2e-4,
                  betas=(0.5, 0.999), target_spec=None, lam: float = 0.01):
         super().__init__(data_shape, latent_dim, arch, hidden, lr, betas)

@@ -27,8 +27,10 @@ the training latents carry over to the test latents?); ``latents_out`` saves the
 ``history_out`` the per-epoch validation fidelity (``gens.fidelity``) as JSON. The budget: ``epochs`` and/or
 ``steps`` (both None: ``gens.training.DEFAULT_STEPS``); ``test_limit``: measure on the first test_limit test
 samples (``limit`` limits the training split and, without test_limit, the test split too). ``weight_average``
-(in the job or in its ``kwargs``, which win; default ``gens.config.WEIGHT_AVERAGE``): the decay of the weights'
-moving average that becomes the measured model (``gens.training.fit``; 0: the last step's weights).
+(in the job or in its ``kwargs``, which win; default the method's, ``gens.config.WEIGHT_AVERAGE``: 0.999 for the
+GEN, 0 for the others): the decay of the weights' moving average that becomes the measured model
+(``gens.training.fit``; 0: the last step's weights). Unit keys hold the resolved number
+(:func:`weight_average`), so a GEN unit measured with 0.999 before the default became per method still matches.
 
 Settings the job leaves out come from the method's own defaults (``gens.methods``) and ``gens.training``.
 """
@@ -178,7 +180,6 @@ def _quiet_lightning() -> None:
 def _train_and_measure(job: dict) -> dict:
     import torch
 
-    from gens.config import WEIGHT_AVERAGE
     from gens.training import TrainingDiverged, encode_all, fidelity_monitor, train
 
     start = time.perf_counter()
@@ -192,7 +193,7 @@ def _train_and_measure(job: dict) -> dict:
                   callbacks=[timer])
         dk = {"limit": job["limit"]} if job.get("limit") else {}
         kw = dict(job.get("kwargs") or {})
-        average = kw.pop("weight_average", job.get("weight_average", WEIGHT_AVERAGE))  # a training option
+        average = weight_average(job["method"], kw.pop("weight_average", job.get("weight_average")))
         try:
             module, trainer = train(job["method"], job["data"], latent_dim=job.get("latent_dim", 8),
                                     max_epochs=job.get("epochs"), max_steps=job.get("steps"),
@@ -312,6 +313,15 @@ def method_defaults(method: str) -> dict:
     from gens.config import method_defaults as defaults
 
     return defaults(method)
+
+
+def weight_average(method: str, value=None) -> float:
+    """The decay of ``method``'s weights' moving average: ``value`` checked, or for None the method's default
+    (``gens.config.WEIGHT_AVERAGE``: 0.999 for the GEN, 0 for the others), as ``gens.training.fit`` resolves it;
+    part of each unit's key, so a changed default recomputes."""
+    from gens.averaging import resolve_weight_average
+
+    return resolve_weight_average(value, method)
 
 
 def budget(epochs: int | None) -> dict:

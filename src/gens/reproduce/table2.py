@@ -21,8 +21,7 @@ import math
 import statistics
 from pathlib import Path
 
-from gens.config import WEIGHT_AVERAGE
-from gens.reproduce.measure import NS, budget, budget_text, method_defaults, reference_row, run_jobs
+from gens.reproduce.measure import NS, budget, budget_text, method_defaults, reference_row, run_jobs, weight_average
 from gens.reproduce.report import Section, cell, fmt_pm
 from gens.samplers import SAMPLERS
 
@@ -68,8 +67,7 @@ def settings(opts) -> dict:
     return {"data": opts.data, **budget(opts.epochs or quick.get("epochs")), "limit": limit, "seeds": list(opts.seeds or quick.get("seeds")
             or FAITHFUL_SEEDS), "ns": ns, "n_test": n_test, "latent_dim": LATENT_DIM, "batch_size": 100,
             "methods": list(opts.methods or METHODS), "classifier_epochs": classifier_epochs,
-            "fid_n": min(opts.fid_n, n_test), "samplers": _samplers(opts),
-            "weight_average": WEIGHT_AVERAGE}  # in the unit keys: a changed default recomputes
+            "fid_n": min(opts.fid_n, n_test), "samplers": _samplers(opts)}
 
 
 def _samplers(opts) -> list[str]:
@@ -143,15 +141,17 @@ def run(opts, units, log) -> Section:
     sec = Section("table2", "Table 2: whitened entropy of MNIST test latents")
     fid, fid_text = fid_config(opts, s, log)
     threads = opts.threads or (max(1, (torch.get_num_threads() or 1) // opts.jobs) if opts.jobs > 1 else None)
-    base = {k: s[k] for k in ("data", "epochs", "steps", "limit", "ns", "latent_dim", "batch_size", "weight_average")
-            if k in s}
+    base = {k: s[k] for k in ("data", "epochs", "steps", "limit", "ns", "latent_dim", "batch_size") if k in s}
     if fid is not None:
         fid = {**fid, "samplers": s["samplers"]}
     jobs, rows = [], {}
     for method in s["methods"]:
         kwargs = dict(opts.module_kwargs.get(method, {}))
         for seed in s["seeds"]:
-            common = {**base, "method": method, "seed": seed, "defaults": method_defaults(method), "kwargs": kwargs}
+            # the method's weight_average (resolved: in the unit key, so a changed default recomputes)
+            common = {**base, "weight_average": weight_average(method, kwargs.get("weight_average")), "method": method,
+                      "seed": seed,
+                      "defaults": method_defaults(method), "kwargs": kwargs}
             key = {**common, "fid": fid_key(fid, s["samplers"])}
             name = f"{method}-seed{seed}"
             png = Path("figures") / f"table2_{method}_s{seed}.png"
@@ -163,7 +163,8 @@ def run(opts, units, log) -> Section:
                     break
             if row is not None:
                 continue
-            job = {**base, "method": method, "seed": seed, "kwargs": kwargs, "accelerator": opts.accelerator,
+            job = {**base, "weight_average": common["weight_average"], "method": method, "seed": seed, "kwargs": kwargs,
+                   "accelerator": opts.accelerator,
                    "threads": threads, "fid": fid, "samples_png": str(Path(opts.out) / png),
                    "label": f"{method} seed {seed}", "progress": opts.verbose, "_key": key, "_name": name}
             jobs.append(job)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gens.config import WEIGHT_AVERAGE
-from gens.reproduce.measure import budget, budget_text, method_defaults, run_jobs
+from gens.reproduce.measure import budget, budget_text, method_defaults, run_jobs, weight_average
 from gens.reproduce.report import Section, cell, fmt_pm
 from gens.reproduce.table2 import agrees, fid_config, quick_classifier_epochs
 
@@ -77,14 +76,15 @@ def run(opts, units, log) -> Section:
             fid, fid_texts[key] = None, ("none: the images have no labels to train in-domain features on; pass "
                                          "`--inception-weights FILE` for an FID")
         base = {"data": source, **limits, "limit": limit, "ns": [], "latent_dim": d["latent_dim"],
-                "batch_size": 100, "weight_average": WEIGHT_AVERAGE}  # in the unit keys: a changed default recomputes
+                "batch_size": 100}
         fid_key = None if fid is None else {k: v for k, v in fid.items() if k != "cache_dir"}
         jobs = []
         for method in methods:
             kwargs = dict(opts.module_kwargs.get(method, {}))
             for seed in seeds:
-                ukey = {**base, "method": method, "seed": seed, "defaults": method_defaults(method),
-                        "kwargs": kwargs, "fid": fid_key}
+                # the method's weight_average (resolved: in the unit key, so a changed default recomputes)
+                ukey = {**base, "weight_average": weight_average(method, kwargs.get("weight_average")), "method": method,
+                        "seed": seed, "defaults": method_defaults(method), "kwargs": kwargs, "fid": fid_key}
                 name = f"{key}-{method}-seed{seed}"
                 row = units.load("table3", name, ukey)
                 if row is not None:
@@ -92,8 +92,8 @@ def run(opts, units, log) -> Section:
                     results[key, method, seed] = row
                     continue
                 png = Path(opts.out) / "figures" / f"table3_{key}_{method}_s{seed}.png"
-                jobs.append({**base, "method": method, "seed": seed, "kwargs": kwargs, "fid": fid,
-                             "accelerator": opts.accelerator, "threads": threads, "samples_png": str(png),
+                jobs.append({**base, "weight_average": ukey["weight_average"], "method": method, "seed": seed,
+                             "kwargs": kwargs, "fid": fid, "accelerator": opts.accelerator, "threads": threads, "samples_png": str(png),
                              "label": f"{key} {method} seed {seed}", "progress": opts.verbose, "_key": ukey,
                              "_name": name, "_data": key})
 
