@@ -72,7 +72,9 @@ def test_ema_update_is_the_warmed_up_formula():
     avg, cur = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5])
     for n, decay in ((1, 0.999), (5, 0.999), (10**6, 0.999), (3, 0.1), (0, 0.5)):
         d = min(decay, (1 + n) / (10 + n))
-        torch.testing.assert_close(ema_update(avg, cur, torch.tensor(n), decay=decay), d * avg + (1 - d) * cur)
+        out = [avg.clone()]
+        ema_update(out, [cur], torch.tensor(n), decay=decay)
+        torch.testing.assert_close(out[0], d * avg + (1 - d) * cur)
 
 
 def test_the_default_is_per_method_and_declared_once():

@@ -71,14 +71,16 @@ def resolve_weight_average(value, method: str | None) -> float:
     return check_weight_average(value)
 
 
-def ema_update(average: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, *,
-               decay: float) -> torch.Tensor:
-    """avg <- d avg + (1 - d) current with d = min(decay, (1 + n) / (10 + n)), n = ``num_averaged`` (the updates
-    so far, a 0-d tensor): ``AveragedModel``'s ``avg_fn``. Tensor ops only (no host sync); computed as
-    lerp(avg, current, 1 - d) in the parameter's dtype. average, current: any shape, the same."""
-    n = num_averaged.to(device=average.device, dtype=average.dtype)
-    d = torch.clamp((1 + n) / (10 + n), max=decay)
-    return torch.lerp(average, current, 1 - d)
+def ema_update(averages: list[torch.Tensor], currents: list[torch.Tensor], num_averaged: torch.Tensor, *,
+               decay: float) -> None:
+    """In place, for every pair: avg <- d avg + (1 - d) current with d = min(decay, (1 + n) / (10 + n)),
+    n = ``num_averaged`` (the updates so far, a 0-d tensor): ``AveragedModel``'s ``multi_avg_fn`` (tensors of one
+    device and dtype per call). One fused ``_foreach_lerp_`` (lerp(avg, current, 1 - d)), no host sync."""
+    if not averages:
+        return
+    n = num_averaged.to(device=averages[0].device, dtype=averages[0].dtype)
+    w = 1 - torch.clamp((1 + n) / (10 + n), max=decay)
+    torch._foreach_lerp_(averages, currents, [w] * len(averages))
 
 
 class WeightAverage(WeightAveraging):
@@ -89,7 +91,7 @@ class WeightAverage(WeightAveraging):
 
     def __init__(self, decay: float = WEIGHT_AVERAGE["gen"]):
         self.decay = check_weight_average(decay)
-        super().__init__(use_buffers=False, avg_fn=functools.partial(ema_update, decay=self.decay))
+        super().__init__(use_buffers=False, multi_avg_fn=functools.partial(ema_update, decay=self.decay))
         self._swapped = False  # the average is in the module (validation, averaged_weights)
         self._final = False  # training ended: the module holds the average for good
 
