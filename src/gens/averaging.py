@@ -1,8 +1,9 @@
 """The trained model as an exponential moving average of the weights (``gens.training.fit``'s ``weight_average``).
 
 The decay defaults per method (``gens.config.WEIGHT_AVERAGE``: 0.999 for the GEN, 0 for the others, i.e. the last
-step's weights); ``resolve_weight_average(value, method)`` turns None into it, ``module_method(module)`` names a
-module's method (its class's ``method_name``).
+step's weights); ``resolve_weight_average(value, method)`` turns None into it and ``check_weight_average`` checks a
+number (both torch-free, in ``gens.config``, and re-exported here), ``module_method(module)`` names a module's
+method (its class's ``method_name``).
 
 ``WeightAverage(decay)`` is a ``lightning.pytorch.callbacks.WeightAveraging``: after every optimiser step (at
 the batch's end; the AAE's two optimisers make one update per batch) the average of the module's parameters
@@ -30,25 +31,16 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from numbers import Real
 
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from gens.config import WEIGHT_AVERAGE, weight_average_default
+from gens.config import WEIGHT_AVERAGE, check_weight_average, resolve_weight_average
 
 __all__ = ["LiveWeights", "WeightAverage", "averaged_weights", "check_weight_average", "ema_update",
            "module_method", "resolve_weight_average", "weight_average_of"]
-
-
-def check_weight_average(value) -> float:
-    """``value`` as a float in [0, 1), or ValueError "weight_average: ..." (NaN, bool and str are refused)."""
-    if isinstance(value, (bool, str)) or not isinstance(value, Real) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"weight_average: must be a number in [0, 1) (the decay of the weights' moving average; "
-                         f"0: none), got {value!r}")
-    return float(value)
 
 
 def module_method(module) -> str | None:
@@ -56,19 +48,6 @@ def module_method(module) -> str | None:
     method's module inherits it), or None for a module of no gens method."""
     name = getattr(type(module), "method_name", None)
     return name if isinstance(name, str) and name in WEIGHT_AVERAGE else None
-
-
-def resolve_weight_average(value, method: str | None) -> float:
-    """``value`` checked (:func:`check_weight_average`), or for None ``method``'s default decay
-    (``gens.config.WEIGHT_AVERAGE``); ValueError "weight_average: ..." for anything else, or for None without a
-    gens method to take the default from."""
-    if value is None:
-        if method not in WEIGHT_AVERAGE:
-            raise ValueError("weight_average: None means the method's default (gens.config.WEIGHT_AVERAGE), but "
-                             f"the module is of no gens method (method {method!r}); give the decay, a number in "
-                             "[0, 1)")
-        return weight_average_default(method)
-    return check_weight_average(value)
 
 
 def ema_update(averages: list[torch.Tensor], currents: list[torch.Tensor], num_averaged: torch.Tensor, *,

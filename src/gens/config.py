@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from numbers import Real
 
 from gens.registry import BANKS, OBJECTIVES
 
@@ -61,6 +62,8 @@ __all__ = [
     "method_defaults",
     "option",
     "options",
+    "check_weight_average",
+    "resolve_weight_average",
     "weight_average_default",
 ]
 
@@ -82,6 +85,27 @@ def weight_average_default(method: str) -> float:
     if not isinstance(method, str) or method not in WEIGHT_AVERAGE:
         raise ValueError(f"method: must be one of {', '.join(WEIGHT_AVERAGE)}, got {method!r}")
     return WEIGHT_AVERAGE[method]
+
+
+def check_weight_average(value) -> float:
+    """``value`` as a float in [0, 1), or ValueError "weight_average: ..." (NaN, bool and str are refused)."""
+    if isinstance(value, (bool, str)) or not isinstance(value, Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"weight_average: must be a number in [0, 1) (the decay of the weights' moving average; "
+                         f"0: none), got {value!r}")
+    return float(value)
+
+
+def resolve_weight_average(value, method: str | None) -> float:
+    """``value`` checked (:func:`check_weight_average`), or for None ``method``'s default decay
+    (``WEIGHT_AVERAGE``); ValueError "weight_average: ..." for anything else, or for None without a gens method
+    to take the default from."""
+    if value is None:
+        if method not in WEIGHT_AVERAGE:
+            raise ValueError("weight_average: None means the method's default (gens.config.WEIGHT_AVERAGE), but "
+                             f"the module is of no gens method (method {method!r}); give the decay, a number in "
+                             "[0, 1)")
+        return weight_average_default(method)
+    return check_weight_average(value)
 
 # The GEN's regulariser weight and bandwidth factor, chosen by the MNIST sweep in BENCHMARKS.md ("Training
 # defaults"); gens.methods.gen.DEFAULT_LAM / DEFAULT_BANDWIDTH_SCALE / DEFAULT_COVERAGE must equal them

@@ -142,12 +142,11 @@ class _GensEstimator(PersistenceMixin, DataMixin, LatentModelMixin, ClassNamePre
         from gens.training import budget
 
         budget(self.max_epochs, self.max_steps)  # max_epochs / max_steps: ints >= 1 or None
-        from gens.averaging import check_weight_average
 
         return {
             "batch_size": check_int("batch_size", self.batch_size, minimum=1),
             # None: the method's default (gens.config.WEIGHT_AVERAGE), resolved by gens.training.fit
-            "weight_average": None if self.weight_average is None else check_weight_average(self.weight_average),
+            "weight_average": None if self.weight_average is None else C.check_weight_average(self.weight_average),
             "val_fraction": check_float("val_fraction", self.val_fraction, 0.0, 1.0, max_inclusive=False),
             "lr": check_float("lr", self.lr, minimum=0.0, min_inclusive=False),
         }

@@ -90,7 +90,7 @@ def resolve_config(options: dict) -> dict:
             cfg[opt] = check_int(opt, cfg[opt], minimum=1)
     cfg["batch_size"] = check_int("batch_size", cfg["batch_size"], minimum=1)
     # None: the method's default (gens.config.WEIGHT_AVERAGE); config.json records the resolved number
-    cfg["weight_average"] = _resolve_weight_average(cfg["weight_average"], cfg["method"])
+    cfg["weight_average"] = C.resolve_weight_average(cfg["weight_average"], cfg["method"])
     cfg["seed"] = check_int("seed", cfg["seed"], minimum=0, maximum=2**32 - 1)
     cfg["lr"] = check_float("lr", cfg["lr"], minimum=0.0, min_inclusive=False)
     cfg["val_fraction"] = check_float("val_fraction", cfg["val_fraction"], 0.0, 1.0, max_inclusive=False)
@@ -122,12 +122,6 @@ def resolve_config(options: dict) -> dict:
         if cfg["bandwidth"] >= 1:
             raise ValueError(too_wide(cfg["bandwidth"], cfg["latent_dim"]))
     return cfg
-
-
-def _resolve_weight_average(value, method: str) -> float:
-    from gens.averaging import resolve_weight_average  # imports lightning: called when a run is resolved
-
-    return resolve_weight_average(value, method)
 
 
 def too_wide(h: float, latent_dim: int, m: int | None = None) -> str:

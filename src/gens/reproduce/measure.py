@@ -319,7 +319,7 @@ def weight_average(method: str, value=None) -> float:
     """The decay of ``method``'s weights' moving average: ``value`` checked, or for None the method's default
     (``gens.config.WEIGHT_AVERAGE``: 0.999 for the GEN, 0 for the others), as ``gens.training.fit`` resolves it;
     part of each unit's key, so a changed default recomputes."""
-    from gens.averaging import resolve_weight_average
+    from gens.config import resolve_weight_average
 
     return resolve_weight_average(value, method)
 

@@ -149,9 +149,8 @@ def run(opts, units, log) -> Section:
         kwargs = dict(opts.module_kwargs.get(method, {}))
         for seed in s["seeds"]:
             # the method's weight_average (resolved: in the unit key, so a changed default recomputes)
-            common = {**base, "weight_average": weight_average(method, kwargs.get("weight_average")), "method": method,
-                      "seed": seed,
-                      "defaults": method_defaults(method), "kwargs": kwargs}
+            common = {**base, "weight_average": weight_average(method, kwargs.get("weight_average")),
+                      "method": method, "seed": seed, "defaults": method_defaults(method), "kwargs": kwargs}
             key = {**common, "fid": fid_key(fid, s["samplers"])}
             name = f"{method}-seed{seed}"
             png = Path("figures") / f"table2_{method}_s{seed}.png"
@@ -163,9 +162,8 @@ def run(opts, units, log) -> Section:
                     break
             if row is not None:
                 continue
-            job = {**base, "weight_average": common["weight_average"], "method": method, "seed": seed, "kwargs": kwargs,
-                   "accelerator": opts.accelerator,
-                   "threads": threads, "fid": fid, "samples_png": str(Path(opts.out) / png),
+            job = {**base, "weight_average": common["weight_average"], "method": method, "seed": seed,
+                   "kwargs": kwargs, "accelerator": opts.accelerator, "threads": threads, "fid": fid, "samples_png": str(Path(opts.out) / png),
                    "label": f"{method} seed {seed}", "progress": opts.verbose, "_key": key, "_name": name}
             jobs.append(job)
     if jobs:
