@@ -181,6 +181,7 @@ class BankStrategy:
         self.indices = None
         self.samples = None
         self.keys = None  # (k,) content keys (sample_keys) of the samples the rows encode; None: unknown
+        self._last_keys = None  # (x, sample_keys(x)) of the last minibatch keyed (keys_of)
 
     # ---- training start and resume
     def restorable(self, state, n, m: int) -> bool:
@@ -234,7 +235,7 @@ class BankStrategy:
     def keys_of(self, x: torch.Tensor) -> torch.Tensor:
         """``sample_keys(x)``, computed once per minibatch: ``hidden_rows`` and a queue's ``push`` both need them
         for the same x in one step (the last x and its keys are kept; a new tensor is keyed afresh)."""
-        last = getattr(self, "_last_keys", None)
+        last = self._last_keys
         if last is None or last[0] is not x:
             last = self._last_keys = (x, sample_keys(x))
         return last[1]
